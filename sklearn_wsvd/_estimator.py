@@ -1,0 +1,539 @@
+"""WeightedTruncatedSVD: the scikit-learn face of the package."""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.utils import check_array, check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._backend import is_tensor, output_like, resolve_device, resolve_dtype, to_numpy, to_tensor
+from ._compat import _fit_context
+from ._solvers import INITS, SOLVERS, objective, resolve_solver, solve, weighted_row_solve
+
+
+class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Weighted low-rank approximation, in the form of scikit-learn's TruncatedSVD.
+
+    Finds ``A`` (n_samples x k) and ``B`` (k x n_features) minimising
+
+    ``sum_ij W_ij (X_ij - (A B)_ij)**2 + alpha * (|A|_F**2 + |B|_F**2)``
+
+    for an importance matrix ``W >= 0`` given as ``sample_weight``. Uniform, row
+    and rank-one weights have exact closed forms; general element-wise weights are
+    solved iteratively, starting from the closed form. Zero weights mark entries
+    that do not matter, where ``X`` may hold NaN (matrix completion). Like
+    TruncatedSVD, the data are not centred.
+
+    Read more in the :ref:`User Guide <user_guide>`.
+
+    Parameters
+    ----------
+    n_components : int, default=2
+        Rank ``k`` of the approximation, between 1 and ``min(n_samples, n_features)``.
+
+    solver : {"auto", "svd", "fwsvd", "rank1", "als", "als-cg", "em", "adam"}, \
+            default="auto"
+        - "auto": the exact closed form when the weights allow one ("svd" for
+          uniform, "rank1" for row, column or rank-one weights, when
+          ``alpha == 0``), else "als-cg".
+        - "svd": plain truncated SVD, ignores the weights (exact for uniform ones).
+        - "fwsvd": FWSVD (Hsu et al., 2022): weights collapsed to their row sums,
+          then the exact row-weighted closed form.
+        - "rank1": weights replaced by their best rank-one model ``a b^T`` (row
+          sums times column sums over the total), then the exact closed form.
+          Exact for uniform, row, column and rank-one weights.
+        - "als": exact alternating least squares, O(mnk^2) a sweep.
+        - "als-cg": alternating sweeps of warm-started conjugate-gradient steps,
+          O(mnk) a step.
+        - "em": Srebro-Jaakkola expectation-maximisation, with restarted Nesterov
+          acceleration.
+        - "adam": the TFWSVD paper's recipe, Adam then gradient descent.
+
+    init : {"svd", "fwsvd", "rank1", "random"}, tuple of two arrays or None, \
+            default=None
+        Starting point of the iterative solvers: a closed-form solver's result,
+        random factors, or ``(A0, B0)`` of shapes (n_samples, k) and
+        (k, n_features). None means "rank1". Ignored by closed-form solvers.
+
+    max_iter : int or None, default=None
+        Maximum number of iterations (sweeps for "als", "als-cg" and "em", blocks
+        of ten optimiser steps for "adam"). None uses the solver's default.
+
+    tol : float, default=1e-5
+        Stop when an iteration improves the objective by less than ``tol``
+        relative to it.
+
+    alpha : float, default=0.0
+        Ridge penalty on both factors. The closed forms are exact with a ridge
+        only for uniform weights (singular values soft-thresholded by ``alpha``).
+
+    random_state : int, RandomState instance or None, default=None
+        Seed of ``init="random"``.
+
+    device : {"auto", "cpu", "cuda"}, str or torch.device, default="auto"
+        Where the solve runs. "auto" follows a tensor input and otherwise uses
+        CUDA when it is available.
+
+    dtype : {"float32", "float64"}, default="float32"
+        Precision of the solve. Outputs come back in the input's float dtype.
+
+    verbose : bool, default=False
+        Show a progress bar with the objective.
+
+    callback : callable or None, default=None
+        Called as ``callback(n_iter, A, B, objective)`` after each iteration of an
+        iterative solver, with the current factors as tensors; returning True
+        stops the solver.
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (n_components, n_features)
+        Orthonormal rows spanning the fitted low-rank matrix's row space.
+
+    singular_values_ : ndarray of shape (n_components,)
+        Singular values of the fitted low-rank matrix, in decreasing order.
+
+    solver_ : str
+        The solver that ran (``"auto"`` resolved).
+
+    n_iter_ : int
+        Number of iterations run (0 for closed forms).
+
+    reconstruction_err_ : float
+        Weighted Frobenius norm of the residual, ``sqrt(sum W (X - L)**2)``.
+
+    explained_weighted_variance_ratio_ : float
+        ``1 - sum W (X - L)**2 / sum W X**2``.
+
+    history_ : dict of ndarray
+        ``"objective"`` and ``"seconds"`` (since the start of the fit) for the
+        starting point and each iteration.
+
+    n_features_in_ : int
+        Number of features seen during fit.
+
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when ``X`` has string column names.
+
+    See Also
+    --------
+    sklearn.decomposition.TruncatedSVD : the unweighted estimator.
+    weighted_low_rank : the functional form.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_wsvd import WeightedTruncatedSVD
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(30, 8))
+    >>> W = rng.uniform(size=(30, 8))
+    >>> svd = WeightedTruncatedSVD(n_components=3, random_state=0)
+    >>> Z = svd.fit_transform(X, sample_weight=W)
+    >>> Z.shape, svd.components_.shape
+    ((30, 3), (3, 8))
+    >>> svd.solver_
+    'als-cg'
+    """
+
+    _parameter_constraints: dict = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "solver": [StrOptions(set(SOLVERS))],
+        "init": [StrOptions(set(INITS)), tuple, None],
+        "max_iter": [Interval(Integral, 0, None, closed="left"), None],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "random_state": ["random_state"],
+        "device": [str, torch.device],
+        "dtype": [StrOptions({"float32", "float64"})],
+        "verbose": ["verbose"],
+        "callback": [callable, None],
+    }
+
+    def __init__(
+        self,
+        n_components=2,
+        *,
+        solver="auto",
+        init=None,
+        max_iter=None,
+        tol=1e-5,
+        alpha=0.0,
+        random_state=None,
+        device="auto",
+        dtype="float32",
+        verbose=False,
+        callback=None,
+    ):
+        self.n_components = n_components
+        self.solver = solver
+        self.init = init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.alpha = alpha
+        self.random_state = random_state
+        self.device = device
+        self.dtype = dtype
+        self.verbose = verbose
+        self.callback = callback
+
+    def fit(self, X, y=None, sample_weight=None):
+        """Fit the low-rank model to ``X`` under the weights ``sample_weight``.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix, torch.Tensor} of shape (n_samples, n_features)
+            Training data. Sparse input is densified: its implicit zeros are
+            values, not missing entries (mark those with zero weights).
+        y : Ignored
+            Not used, present for API consistency.
+        sample_weight : array-like of shape (n_samples,) or (n_samples, n_features), \
+                default=None
+            Non-negative importance of each sample (row) or of each entry. None
+            means uniform weights.
+
+        Returns
+        -------
+        self : object
+            Fitted estimator.
+        """
+        self.fit_transform(X, sample_weight=sample_weight)
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit_transform(self, X, y=None, sample_weight=None):
+        """Fit to ``X`` and return the fitted scores ``Z`` with ``Z @ components_ = L``.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix, torch.Tensor} of shape (n_samples, n_features)
+            Training data.
+        y : Ignored
+            Not used, present for API consistency.
+        sample_weight : array-like of shape (n_samples,) or (n_samples, n_features), \
+                default=None
+            Non-negative importance of each sample or of each entry.
+
+        Returns
+        -------
+        Z : ndarray or torch.Tensor of shape (n_samples, n_components)
+            Scores of the fitted low-rank matrix ``L`` on ``components_``.
+        """
+        X_in, X, W = self._validate_input(X, sample_weight, reset=True)
+        k = self.n_components
+        m, n = X.shape
+        if k > min(m, n):
+            raise ValueError(
+                f"n_components={k} must be <= min(n_samples, n_features) = {min(m, n)} "
+                f"(n_samples = {m}, n_features = {n})."
+            )
+        W = _dense_weights(W, X)
+        self.solver_ = resolve_solver(self.solver, W, self.alpha)
+        factors = solve(
+            X,
+            W,
+            k,
+            solver=self.solver_,
+            init=self._check_init(m, n, X),
+            alpha=self.alpha,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            seed=check_random_state(self.random_state).randint(np.iinfo(np.int32).max),
+            callback=self.callback,
+            verbose=self.verbose,
+        )
+        U, S, Vt = _svd_of_product(factors.A, factors.B)
+        sse = objective(X, W, U * S, Vt)
+        total = float((W * X.square()).sum())
+        dtype = output_like(S, X_in).dtype
+        self.components_ = to_numpy(Vt, dtype)
+        self.singular_values_ = to_numpy(S, dtype)
+        self.n_iter_ = factors.n_iter
+        self.reconstruction_err_ = sse**0.5
+        self.explained_weighted_variance_ratio_ = 1.0 - sse / total if total > 0 else 0.0
+        self.history_ = {
+            "objective": np.asarray(factors.objective),
+            "seconds": np.asarray(factors.seconds),
+        }
+        return output_like(U * S, X_in)
+
+    def transform(self, X, sample_weight=None):
+        """Project ``X`` onto the components, weighted per entry when weights are given.
+
+        Without element-wise weights this is the orthogonal projection
+        ``X @ components_.T`` (row weights do not change a row's projection). With
+        element-wise weights each row is the weighted least-squares fit of the
+        components to that row, so entries of zero weight (NaN allowed) are ignored.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix, torch.Tensor} of shape (n_samples, n_features)
+            Data to transform.
+        sample_weight : array-like of shape (n_samples,) or (n_samples, n_features), \
+                default=None
+            Non-negative importance of each sample or of each entry.
+
+        Returns
+        -------
+        Z : ndarray or torch.Tensor of shape (n_samples, n_components)
+            Scores with ``Z @ components_`` the reconstruction of ``X``.
+        """
+        check_is_fitted(self)
+        X_in, X, W = self._validate_input(X, sample_weight, reset=False)
+        return output_like(self._project(X, W), X_in)
+
+    def inverse_transform(self, X):
+        """Map scores back to the data space: ``X @ components_``.
+
+        Parameters
+        ----------
+        X : array-like or torch.Tensor of shape (n_samples, n_components)
+            Scores, as returned by :meth:`transform`.
+
+        Returns
+        -------
+        X_original : ndarray or torch.Tensor of shape (n_samples, n_features)
+            The low-rank reconstruction.
+        """
+        check_is_fitted(self)
+        if is_tensor(X):
+            C = to_tensor(self.components_, device=X.device, dtype=_float_dtype(X))
+            return output_like(X.to(C.dtype) @ C, X)
+        X = check_array(X, dtype=[np.float64, np.float32], input_name="X")
+        if X.shape[1] != self.components_.shape[0]:
+            raise ValueError(
+                f"X has {X.shape[1]} columns, but inverse_transform expects "
+                f"n_components = {self.components_.shape[0]}."
+            )
+        return X @ self.components_.astype(X.dtype, copy=False)
+
+    def score(self, X, y=None, sample_weight=None):
+        """Negative weighted mean squared reconstruction error (higher is better).
+
+        ``-sum W (X - X_hat)**2 / sum W`` with ``X_hat`` the reconstruction of
+        :meth:`transform` under the same weights, so that model selection can
+        compare solvers and ranks.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix, torch.Tensor} of shape (n_samples, n_features)
+            Data to score.
+        y : Ignored
+            Not used, present for API consistency.
+        sample_weight : array-like of shape (n_samples,) or (n_samples, n_features), \
+                default=None
+            Non-negative importance of each sample or of each entry.
+
+        Returns
+        -------
+        score : float
+        """
+        check_is_fitted(self)
+        _, X, W = self._validate_input(X, sample_weight, reset=False)
+        Z = self._project(X, W)
+        W = _dense_weights(W, X)
+        C = to_tensor(self.components_, device=X.device, dtype=X.dtype)
+        return -objective(X, W, Z, C) / float(W.sum())
+
+    def _project(self, X, W):
+        """Scores of the rows of ``X`` on the components: weighted least squares per row.
+
+        Row weights scale a row's least-squares problem without changing its
+        solution, the orthogonal projection, which also starts the solve.
+        """
+        C = to_tensor(self.components_, device=X.device, dtype=X.dtype)
+        Z = X @ C.T
+        if W is None or W.ndim == 1:
+            return Z
+        return weighted_row_solve(X, W, C, Z)
+
+    def _validate_input(self, X, sample_weight, *, reset):
+        """Return the user's (validated) X, X as a finite tensor, and the weights tensor.
+
+        Missing entries (NaN where the weight is zero) are filled with zero. The
+        weights tensor is None (uniform), 1-D (rows) or 2-D (entries).
+        """
+        allow_nan = sample_weight is not None
+        if is_tensor(X):
+            X_in = X
+            _check_tensor_X(X, allow_nan)
+            if reset:
+                self.n_features_in_ = X.shape[1]
+                self.__dict__.pop("feature_names_in_", None)
+            elif X.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"X has {X.shape[1]} features, but {type(self).__name__} is "
+                    f"expecting {self.n_features_in_} features as input."
+                )
+        else:
+            X_in = validate_data(
+                self,
+                X,
+                reset=reset,
+                accept_sparse=("csr", "csc", "coo"),
+                dtype=[np.float64, np.float32],
+                ensure_all_finite="allow-nan" if allow_nan else True,
+            )
+            if sp.issparse(X_in):
+                X_in = X_in.toarray()
+        device = resolve_device(self.device, like=X_in)
+        dtype = resolve_dtype(self.dtype)
+        X = to_tensor(X_in, device=device, dtype=dtype)
+        if sample_weight is None:
+            return X_in, X, None
+        W = _check_sample_weight(sample_weight, X)
+        missing = ~torch.isfinite(X)
+        observed = W > 0 if W.ndim == 2 else (W > 0)[:, None]
+        bad = missing & observed
+        if bad.any():
+            raise ValueError(
+                f"X contains {int(bad.sum())} NaN or infinite entries where sample_weight "
+                "is non-zero; NaN is allowed only where the weight is zero (missing entries)."
+            )
+        X = torch.where(missing, 0.0, X)
+        return X_in, X, W
+
+    def _check_init(self, m, n, X):
+        init = "rank1" if self.init is None else self.init
+        if not isinstance(init, tuple):
+            return init
+        k = self.n_components
+        if len(init) != 2:
+            raise ValueError(f"init must be a pair (A0, B0), got a tuple of length {len(init)}.")
+        A, B = (to_tensor(np.asarray(f) if not is_tensor(f) else f, device=X.device, dtype=X.dtype) for f in init)
+        if A.shape != (m, k) or B.shape != (k, n):
+            raise ValueError(
+                f"init=(A0, B0) must have shapes {(m, k)} and {(k, n)}, got "
+                f"{tuple(A.shape)} and {tuple(B.shape)}."
+            )
+        if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
+            raise ValueError("init=(A0, B0) contains NaN or infinite values.")
+        return A, B
+
+    @property
+    def _n_features_out(self):
+        return self.components_.shape[0]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+
+def _float_dtype(t):
+    return t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _check_tensor_X(X, allow_nan):
+    if X.ndim != 2:
+        raise ValueError(f"Expected a 2D tensor, got a {X.ndim}D tensor of shape {tuple(X.shape)}.")
+    if X.shape[0] < 1 or X.shape[1] < 1:
+        raise ValueError(f"Found an empty tensor of shape {tuple(X.shape)}; a minimum of 1 is required.")
+    if X.is_complex() or X.dtype == torch.bool:
+        raise TypeError(f"X must hold real numbers, got a tensor of dtype {X.dtype}.")
+    finite = torch.isfinite(X) | (torch.isnan(X) if allow_nan else False)
+    if not finite.all():
+        raise ValueError("Input X contains NaN or infinity.")
+
+
+def _check_sample_weight(sample_weight, X):
+    """Validate weights against the (tensor) X: shape, finiteness, sign, not all zero."""
+    if is_tensor(sample_weight):
+        if sample_weight.is_complex():
+            raise TypeError("sample_weight must hold real numbers.")
+        W = sample_weight.detach().to(device=X.device, dtype=X.dtype, copy=True)
+    else:
+        W = check_array(
+            sample_weight,
+            ensure_2d=False,
+            dtype=[np.float64, np.float32],
+            ensure_all_finite=False,
+            input_name="sample_weight",
+        )
+        W = to_tensor(W, device=X.device, dtype=X.dtype)
+    m, n = X.shape
+    if tuple(W.shape) not in ((m,), (m, n)):
+        raise ValueError(
+            f"sample_weight has shape {tuple(W.shape)}, but X has shape {(m, n)}: expected "
+            f"({m},) for row weights or {(m, n)} for element-wise weights."
+        )
+    if not torch.isfinite(W).all():
+        raise ValueError("sample_weight contains NaN or infinite values.")
+    negative = int((W < 0).sum())
+    if negative:
+        raise ValueError(
+            f"sample_weight must be non-negative; it has {negative} negative entries "
+            f"(smallest {float(W.min()):g})."
+        )
+    if not (W > 0).any():
+        raise ValueError("sample_weight is zero everywhere: there is nothing to fit.")
+    return W
+
+
+def _dense_weights(W, X):
+    if W is None:
+        return torch.ones_like(X)
+    return W[:, None].expand_as(X) if W.ndim == 1 else W
+
+
+def _svd_of_product(A, B):
+    """SVD of ``A @ B`` from thin QRs of the factors, O((m + n) k^2), signs made deterministic.
+
+    As scikit-learn's ``svd_flip(u_based_decision=False)``: the entry of largest
+    magnitude in each row of ``Vt`` is made positive.
+    """
+    Qa, Ra = torch.linalg.qr(A)
+    Qb, Rb = torch.linalg.qr(B.T)
+    u, S, vt = torch.linalg.svd(Ra @ Rb.T)
+    U, Vt = Qa @ u, vt @ Qb.T
+    rows = torch.arange(Vt.shape[0], device=Vt.device)
+    signs = torch.sign(Vt[rows, Vt.abs().argmax(dim=1)])
+    signs = torch.where(signs == 0, 1.0, signs)
+    return U * signs, S, Vt * signs[:, None]
+
+
+def weighted_low_rank(X, sample_weight=None, n_components=2, **params):
+    """Functional form of :class:`WeightedTruncatedSVD`: factors ``A``, ``B`` with ``X ~ A @ B``.
+
+    Runs exactly the estimator's fit. ``B`` has orthonormal rows (the
+    ``components_``) and ``A = fit_transform(X)``.
+
+    Parameters
+    ----------
+    X : {array-like, sparse matrix, torch.Tensor} of shape (m, n)
+        Target matrix.
+    sample_weight : array-like of shape (m,) or (m, n), default=None
+        Non-negative importance of each row or entry.
+    n_components : int, default=2
+        Rank ``k``.
+    **params
+        Any other parameter of :class:`WeightedTruncatedSVD` (``solver``,
+        ``init``, ``max_iter``, ``device``...).
+
+    Returns
+    -------
+    A : ndarray or torch.Tensor of shape (m, k)
+    B : ndarray or torch.Tensor of shape (k, n)
+        Tensors on the input's device when ``X`` is a tensor.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_wsvd import weighted_low_rank
+    >>> X = np.arange(12.0).reshape(4, 3)
+    >>> A, B = weighted_low_rank(X, np.ones(4), n_components=2)
+    >>> bool(np.allclose(A @ B, X, atol=1e-4))
+    True
+    """
+    est = WeightedTruncatedSVD(n_components=n_components, **params)
+    A = est.fit_transform(X, sample_weight=sample_weight)
+    B = est.components_
+    if is_tensor(A):
+        B = torch.from_numpy(B).to(device=A.device, dtype=A.dtype)
+    return A, B

@@ -1,0 +1,65 @@
+"""The TFWSVD paper's gradient recipe (Hua et al., EMNLP 2022): Adam, then SGD.
+
+Both factors are optimised jointly on the weighted objective, normalised by
+``sum W X^2`` so that the learning rate does not depend on the data's scale. Adam's
+step is relative to the typical size of the initial factors' entries. After
+``switch`` of the iterations the run continues with plain gradient descent (the
+paper's SGD on the full matrix) at ``1 / L``, an upper bound ``L`` on the
+curvature at the switch. One iteration is ``steps_per_iter`` optimiser steps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import iterate
+
+
+def adam(
+    X,
+    W,
+    A,
+    B,
+    *,
+    alpha=0.0,
+    max_iter=300,
+    tol=1e-5,
+    lr=1e-2,
+    switch=0.5,
+    steps_per_iter=10,
+    **kw,
+):
+    """Adam on (A, B) for the first ``switch`` of the iterations, then gradient descent."""
+    norm = max(float((W * X.square()).sum()), torch.finfo(X.dtype).tiny)
+    A = A.detach().clone().requires_grad_(True)
+    B = B.detach().clone().requires_grad_(True)
+    size = float(torch.cat([A.detach().flatten(), B.detach().flatten()]).square().mean().sqrt())
+    opt = torch.optim.Adam([A, B], lr=lr * max(size, 1e-12))
+    switch_at = int(switch * max_iter)
+
+    def loss():
+        R = torch.addmm(X, A, B, alpha=-1.0)
+        value = (W * R.square()).sum()
+        if alpha:
+            value = value + alpha * (A.square().sum() + B.square().sum())
+        return value / norm
+
+    def step(A_, B_, it):
+        nonlocal opt
+        if it == switch_at + 1:
+            with torch.no_grad():
+                curvature = 2.0 * float(W.max()) / norm
+                curvature *= float(torch.linalg.matrix_norm(A, 2) ** 2 + torch.linalg.matrix_norm(B, 2) ** 2)
+                curvature += 2.0 * alpha / norm
+            opt = torch.optim.SGD([A, B], lr=1.0 / max(curvature, 1e-30))
+        for _ in range(steps_per_iter):
+            opt.zero_grad(set_to_none=True)
+            loss().backward()
+            opt.step()
+        return A.detach().clone(), B.detach().clone()
+
+    with torch.enable_grad():
+        return iterate(
+            step, X, W, A.detach(), B.detach(), alpha=alpha, max_iter=max_iter, tol=tol,
+            name="adam", patience=5, **kw,
+        )
