@@ -26,7 +26,9 @@ def demo(args) -> int:
         est.fit(X, sample_weight=W)
         err = est.reconstruction_err_**2
         base = base or err
-        print(f"{solver:>8}  {err / base:>20.4f}  {est.n_iter_:>10}  {est.history_['seconds'][-1]:>8.3f}")
+        print(
+            f"{solver:>8}  {err / base:>20.4f}  {est.n_iter_:>10}  {est.history_['seconds'][-1]:>8.3f}"
+        )
     return 0
 
 

@@ -97,13 +97,16 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         Orthonormal rows spanning the fitted low-rank matrix's row space.
 
     singular_values_ : ndarray of shape (n_components,)
-        Singular values of the fitted low-rank matrix, in decreasing order.
+        Singular values of the fitted low-rank matrix ``L``, in decreasing order,
+        after scaling each row by the square root of its mean weight (so that an
+        integer row weight counts as repeating the row; uniform unit weights leave
+        ``L`` as it is). ``components_`` are the matching right singular vectors.
 
     solver_ : str
         The solver that ran (``"auto"`` resolved).
 
     n_iter_ : int
-        Number of iterations run (0 for closed forms).
+        Number of iterations run (1 for the closed forms).
 
     reconstruction_err_ : float
         Weighted Frobenius norm of the residual, ``sqrt(sum W (X - L)**2)``.
@@ -247,8 +250,8 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             callback=self.callback,
             verbose=self.verbose,
         )
-        U, S, Vt = _svd_of_product(factors.A, factors.B)
-        sse = objective(X, W, U * S, Vt)
+        Z, S, Vt = _svd_of_product(factors.A, factors.B, W.mean(dim=1))
+        sse = objective(X, W, Z, Vt)
         total = float((W * X.square()).sum())
         dtype = output_like(S, X_in).dtype
         self.components_ = to_numpy(Vt, dtype)
@@ -260,7 +263,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             "objective": np.asarray(factors.objective),
             "seconds": np.asarray(factors.seconds),
         }
-        return output_like(U * S, X_in)
+        return output_like(Z, X_in)
 
     def transform(self, X, sample_weight=None):
         """Project ``X`` onto the components, weighted per entry when weights are given.
@@ -405,7 +408,10 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         k = self.n_components
         if len(init) != 2:
             raise ValueError(f"init must be a pair (A0, B0), got a tuple of length {len(init)}.")
-        A, B = (to_tensor(np.asarray(f) if not is_tensor(f) else f, device=X.device, dtype=X.dtype) for f in init)
+        A, B = (
+            to_tensor(np.asarray(f) if not is_tensor(f) else f, device=X.device, dtype=X.dtype)
+            for f in init
+        )
         if A.shape != (m, k) or B.shape != (k, n):
             raise ValueError(
                 f"init=(A0, B0) must have shapes {(m, k)} and {(k, n)}, got "
@@ -434,7 +440,9 @@ def _check_tensor_X(X, allow_nan):
     if X.ndim != 2:
         raise ValueError(f"Expected a 2D tensor, got a {X.ndim}D tensor of shape {tuple(X.shape)}.")
     if X.shape[0] < 1 or X.shape[1] < 1:
-        raise ValueError(f"Found an empty tensor of shape {tuple(X.shape)}; a minimum of 1 is required.")
+        raise ValueError(
+            f"Found an empty tensor of shape {tuple(X.shape)}; a minimum of 1 is required."
+        )
     if X.is_complex() or X.dtype == torch.bool:
         raise TypeError(f"X must hold real numbers, got a tensor of dtype {X.dtype}.")
     finite = torch.isfinite(X) | (torch.isnan(X) if allow_nan else False)
@@ -482,20 +490,23 @@ def _dense_weights(W, X):
     return W[:, None].expand_as(X) if W.ndim == 1 else W
 
 
-def _svd_of_product(A, B):
-    """SVD of ``A @ B`` from thin QRs of the factors, O((m + n) k^2), signs made deterministic.
+def _svd_of_product(A, B, row_weight):
+    """Scores ``Z`` and the SVD ``S, Vt`` of ``diag(sqrt(row_weight)) A B``, with ``Z Vt = A B``.
 
-    As scikit-learn's ``svd_flip(u_based_decision=False)``: the entry of largest
-    magnitude in each row of ``Vt`` is made positive.
+    The rows of the fitted matrix are scaled by the square root of their weight, so
+    that integer row weights give the same components as repeated rows (the
+    sample_weight contract). The thin QRs of the factors make it O((m + n) k^2).
+    Signs follow scikit-learn's ``svd_flip(u_based_decision=False)``: the entry of
+    largest magnitude in each row of ``Vt`` is positive.
     """
-    Qa, Ra = torch.linalg.qr(A)
+    _, Ra = torch.linalg.qr(row_weight.sqrt()[:, None] * A)
     Qb, Rb = torch.linalg.qr(B.T)
-    u, S, vt = torch.linalg.svd(Ra @ Rb.T)
-    U, Vt = Qa @ u, vt @ Qb.T
+    _, S, vt = torch.linalg.svd(Ra @ Rb.T)
+    Vt = vt @ Qb.T
     rows = torch.arange(Vt.shape[0], device=Vt.device)
     signs = torch.sign(Vt[rows, Vt.abs().argmax(dim=1)])
-    signs = torch.where(signs == 0, 1.0, signs)
-    return U * signs, S, Vt * signs[:, None]
+    Vt = Vt * torch.where(signs == 0, 1.0, signs)[:, None]
+    return A @ (B @ Vt.T), S, Vt
 
 
 def weighted_low_rank(X, sample_weight=None, n_components=2, **params):

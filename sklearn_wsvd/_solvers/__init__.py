@@ -21,7 +21,15 @@ DEFAULT_MAX_ITER = {"als": 100, "als-cg": 200, "em": 500, "adam": 300}
 # benchmarks/bench_solvers.py for the measurements behind the choice.
 AUTO_ITERATIVE = "als-cg"
 
-__all__ = ["Factors", "SOLVERS", "INITS", "objective", "resolve_solver", "solve", "weighted_row_solve"]
+__all__ = [
+    "Factors",
+    "SOLVERS",
+    "INITS",
+    "objective",
+    "resolve_solver",
+    "solve",
+    "weighted_row_solve",
+]
 
 
 def resolve_solver(solver: str, W, alpha: float) -> str:
@@ -71,7 +79,7 @@ def solve(
     if solver in CLOSED_FORM:
         A, B = CLOSED_FORM[solver](X, W, k, alpha)
         f = objective(X, W, A, B, alpha)
-        return Factors(A, B, 0, [f], [time.perf_counter() - start])
+        return Factors(A, B, 1, [f], [time.perf_counter() - start])
     if isinstance(init, tuple):
         A, B = init
     elif init == "random":

@@ -89,7 +89,9 @@ def _cg_row_update(WX, W, A, B, alpha, n_steps):
     return A
 
 
-def als(X, W, A, B, *, alpha=0.0, max_iter=100, tol=1e-5, memory_budget=DEFAULT_MEMORY_BUDGET, **kw):
+def als(
+    X, W, A, B, *, alpha=0.0, max_iter=100, tol=1e-5, memory_budget=DEFAULT_MEMORY_BUDGET, **kw
+):
     """Exact alternating least squares; each sweep solves every row and column exactly."""
     Wt, Xt = W.T, X.T
 

@@ -31,35 +31,46 @@ def adam(
 ):
     """Adam on (A, B) for the first ``switch`` of the iterations, then gradient descent."""
     norm = max(float((W * X.square()).sum()), torch.finfo(X.dtype).tiny)
-    A = A.detach().clone().requires_grad_(True)
-    B = B.detach().clone().requires_grad_(True)
-    size = float(torch.cat([A.detach().flatten(), B.detach().flatten()]).square().mean().sqrt())
-    opt = torch.optim.Adam([A, B], lr=lr * max(size, 1e-12))
+    # The optimiser updates its own copies in place; the driver keeps A, B as the start.
+    PA = A.detach().clone().requires_grad_(True)
+    PB = B.detach().clone().requires_grad_(True)
+    size = float(torch.cat([A.flatten(), B.flatten()]).square().mean().sqrt())
+    opt = torch.optim.Adam([PA, PB], lr=lr * max(size, 1e-12))
     switch_at = int(switch * max_iter)
 
     def loss():
-        R = torch.addmm(X, A, B, alpha=-1.0)
+        R = torch.addmm(X, PA, PB, alpha=-1.0)
         value = (W * R.square()).sum()
         if alpha:
-            value = value + alpha * (A.square().sum() + B.square().sum())
+            value = value + alpha * (PA.square().sum() + PB.square().sum())
         return value / norm
 
     def step(A_, B_, it):
         nonlocal opt
         if it == switch_at + 1:
             with torch.no_grad():
-                curvature = 2.0 * float(W.max()) / norm
-                curvature *= float(torch.linalg.matrix_norm(A, 2) ** 2 + torch.linalg.matrix_norm(B, 2) ** 2)
-                curvature += 2.0 * alpha / norm
-            opt = torch.optim.SGD([A, B], lr=1.0 / max(curvature, 1e-30))
+                spectral = (
+                    torch.linalg.matrix_norm(PA, 2) ** 2 + torch.linalg.matrix_norm(PB, 2) ** 2
+                )
+                curvature = (2.0 * float(W.max()) * float(spectral) + 2.0 * alpha) / norm
+            opt = torch.optim.SGD([PA, PB], lr=1.0 / max(curvature, 1e-30))
         for _ in range(steps_per_iter):
             opt.zero_grad(set_to_none=True)
             loss().backward()
             opt.step()
-        return A.detach().clone(), B.detach().clone()
+        return PA.detach().clone(), PB.detach().clone()
 
     with torch.enable_grad():
         return iterate(
-            step, X, W, A.detach(), B.detach(), alpha=alpha, max_iter=max_iter, tol=tol,
-            name="adam", patience=5, **kw,
+            step,
+            X,
+            W,
+            A,
+            B,
+            alpha=alpha,
+            max_iter=max_iter,
+            tol=tol,
+            name="adam",
+            patience=5,
+            **kw,
         )
