@@ -26,9 +26,8 @@ def demo(args) -> int:
         est.fit(X, sample_weight=W)
         err = est.reconstruction_err_**2
         base = base or err
-        print(
-            f"{solver:>8}  {err / base:>20.4f}  {est.n_iter_:>10}  {est.history_['seconds'][-1]:>8.3f}"
-        )
+        seconds = est.history_["seconds"][-1]
+        print(f"{solver:>8}  {err / base:>20.4f}  {est.n_iter_:>10}  {seconds:>8.3f}")
     return 0
 
 

@@ -33,7 +33,7 @@ __all__ = [
 
 
 def resolve_solver(solver: str, W, alpha: float) -> str:
-    """Turn ``"auto"`` into the exact closed form the weights allow, else the default iterative solver."""
+    """Resolve ``"auto"``: the exact closed form the weights allow, else the iterative default."""
     if solver != "auto":
         return solver
     if bool((W == W.reshape(-1)[0]).all()):
