@@ -57,6 +57,14 @@ def to_numpy(t: torch.Tensor, dtype=None) -> np.ndarray:
     return arr if dtype is None else arr.astype(dtype, copy=False)
 
 
+def numpy_dtype_like(like) -> np.dtype:
+    """The float dtype that fitted attributes get for the input ``like``."""
+    dtype = like.dtype if is_tensor(like) else getattr(like, "dtype", None)
+    if dtype in (np.float32, torch.float32, torch.float16, torch.bfloat16):
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
 def output_like(t: torch.Tensor, like):
     """Return ``t`` in the container of the user's input ``like``.
 
@@ -66,6 +74,4 @@ def output_like(t: torch.Tensor, like):
     if is_tensor(like):
         dtype = like.dtype if like.is_floating_point() else t.dtype
         return t.detach().to(device=like.device, dtype=dtype)
-    dtype = getattr(like, "dtype", None)
-    dtype = dtype if dtype in (np.float32, np.float64) else np.float64
-    return to_numpy(t, dtype)
+    return to_numpy(t, numpy_dtype_like(like))

@@ -12,7 +12,15 @@ from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._backend import is_tensor, output_like, resolve_device, resolve_dtype, to_numpy, to_tensor
+from ._backend import (
+    is_tensor,
+    numpy_dtype_like,
+    output_like,
+    resolve_device,
+    resolve_dtype,
+    to_numpy,
+    to_tensor,
+)
 from ._compat import _fit_context
 from ._solvers import INITS, SOLVERS, objective, resolve_solver, solve, weighted_row_solve
 
@@ -253,7 +261,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         Z, S, Vt = _svd_of_product(factors.A, factors.B, W.mean(dim=1))
         sse = objective(X, W, Z, Vt)
         total = float((W * X.square()).sum())
-        dtype = output_like(S, X_in).dtype
+        dtype = numpy_dtype_like(X_in)
         self.components_ = to_numpy(Vt, dtype)
         self.singular_values_ = to_numpy(S, dtype)
         self.n_iter_ = factors.n_iter
@@ -347,13 +355,12 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         """Scores of the rows of ``X`` on the components: weighted least squares per row.
 
         Row weights scale a row's least-squares problem without changing its
-        solution, the orthogonal projection, which also starts the solve.
+        solution, the orthogonal projection. Rows of zero weight get zero.
         """
         C = to_tensor(self.components_, device=X.device, dtype=X.dtype)
-        Z = X @ C.T
         if W is None or W.ndim == 1:
-            return Z
-        return weighted_row_solve(X, W, C, Z)
+            return X @ C.T
+        return weighted_row_solve(X, W, C, torch.zeros_like(X[:, : C.shape[0]]))
 
     def _validate_input(self, X, sample_weight, *, reset):
         """Return the user's (validated) X, X as a finite tensor, and the weights tensor.
@@ -398,7 +405,8 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 f"X contains {int(bad.sum())} NaN or infinite entries where sample_weight "
                 "is non-zero; NaN is allowed only where the weight is zero (missing entries)."
             )
-        X = torch.where(missing, 0.0, X)
+        # Entries of zero weight never influence the result, whatever they hold.
+        X = torch.where(observed, X, 0.0)
         return X_in, X, W
 
     def _check_init(self, m, n, X):

@@ -1,0 +1,323 @@
+"""The scikit-learn face: attributes, round trips, input handling, errors, model selection."""
+
+import pickle
+import re
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import sklearn
+import torch
+from conftest import weighted_objective
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.linear_model import Ridge
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from sklearn_wsvd import WeightedTruncatedSVD, weighted_low_rank
+
+
+@pytest.fixture
+def data(rng):
+    X = rng.normal(size=(30, 12))
+    W = rng.lognormal(size=X.shape)
+    return X, W
+
+
+def test_fitted_attributes(data):
+    X, W = data
+    est = WeightedTruncatedSVD(4, dtype="float64")
+    Z = est.fit_transform(X, sample_weight=W)
+    C = est.components_
+    assert Z.shape == (30, 4) and C.shape == (4, 12)
+    np.testing.assert_allclose(C @ C.T, np.eye(4), atol=1e-12)
+    L = Z @ C
+    sse = weighted_objective(X, W, L)
+    assert est.reconstruction_err_ == pytest.approx(np.sqrt(sse), rel=1e-10)
+    ratio = 1 - sse / np.sum(W * X**2)
+    assert est.explained_weighted_variance_ratio_ == pytest.approx(ratio, rel=1e-10)
+    # singular values of the row-scaled fitted matrix, in decreasing order
+    scaled = np.sqrt(W.mean(axis=1))[:, None] * L
+    np.testing.assert_allclose(
+        est.singular_values_, np.linalg.svd(scaled, compute_uv=False)[:4], rtol=1e-8
+    )
+    assert np.all(np.diff(est.singular_values_) <= 0)
+    assert est.solver_ == "als-cg" and est.n_iter_ >= 1
+    for value in vars(est).values():  # pickles load anywhere: no tensors are kept
+        assert not isinstance(value, torch.Tensor)
+
+
+def test_transform_round_trips(data):
+    X, W = data
+    est = WeightedTruncatedSVD(4, solver="als", dtype="float64", tol=1e-12, max_iter=1000)
+    Z_fit = est.fit_transform(X, sample_weight=W)
+    # At the optimum the scores are the per-row weighted least-squares fits.
+    np.testing.assert_allclose(est.transform(X, sample_weight=W), Z_fit, atol=1e-4)
+    # Without element-wise weights transform is the orthogonal projection.
+    np.testing.assert_allclose(est.transform(X), X @ est.components_.T)
+    Z = est.transform(X)
+    np.testing.assert_allclose(est.inverse_transform(Z), Z @ est.components_)
+    # At full rank the round trip is exact.
+    full = WeightedTruncatedSVD(12, dtype="float64").fit(X, sample_weight=W)
+    np.testing.assert_allclose(full.inverse_transform(full.transform(X)), X, atol=1e-10)
+
+
+def test_zero_weight_entries_have_no_influence(data):
+    X, W = data
+    X_missing = X.copy()
+    W_missing = W.copy()
+    X_missing[::3, ::2] = np.nan
+    W_missing[::3, ::2] = 0.0
+    est = WeightedTruncatedSVD(3, dtype="float64").fit(X_missing, sample_weight=W_missing)
+    X_garbage = np.where(np.isnan(X_missing), 1e6, X_missing)
+    other = WeightedTruncatedSVD(3, dtype="float64").fit(X_garbage, sample_weight=W_missing)
+    np.testing.assert_array_equal(est.components_, other.components_)
+    Z = est.transform(X_missing, sample_weight=W_missing)
+    X_other = np.where(np.isnan(X_missing), 1e6, X_missing)
+    np.testing.assert_allclose(est.transform(X_other, sample_weight=W_missing), Z, atol=1e-8)
+
+
+def test_score_is_negative_weighted_mse(data):
+    X, W = data
+    est = WeightedTruncatedSVD(4, dtype="float64").fit(X, sample_weight=W)
+    L = est.inverse_transform(est.transform(X, sample_weight=W))
+    assert est.score(X, sample_weight=W) == pytest.approx(
+        -weighted_objective(X, W, L) / W.sum(), rel=1e-10
+    )
+    L = est.inverse_transform(est.transform(X))
+    assert est.score(X) == pytest.approx(-np.mean((X - L) ** 2), rel=1e-10)
+
+
+def test_integer_row_weights_equal_repeated_rows(rng):
+    X = rng.normal(size=(12, 8))
+    sw = rng.integers(0, 4, size=12)
+    kw = dict(dtype="float64")
+    repeated = WeightedTruncatedSVD(3, **kw).fit(np.repeat(X, sw, axis=0))
+    weighted = WeightedTruncatedSVD(3, **kw).fit(X, sample_weight=sw)
+    np.testing.assert_allclose(weighted.components_, repeated.components_, atol=1e-10)
+    np.testing.assert_allclose(weighted.singular_values_, repeated.singular_values_, rtol=1e-10)
+
+
+def test_inputs_are_never_modified(data):
+    X, W = data
+    X = X.copy()
+    X[0, 0] = np.nan
+    W = W.copy()
+    W[0, 0] = 0.0
+    X_before, W_before = X.copy(), W.copy()
+    Xt, Wt = torch.tensor(X), torch.tensor(W)
+    for solver in ["rank1", "als", "als-cg", "em", "adam"]:
+        est = WeightedTruncatedSVD(3, solver=solver, max_iter=3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(X, sample_weight=W)
+            est.transform(X, sample_weight=W)
+            est.score(X, sample_weight=W)
+            est.fit(Xt, sample_weight=Wt)
+    np.testing.assert_array_equal(X, X_before)
+    np.testing.assert_array_equal(W, W_before)
+    np.testing.assert_array_equal(Xt.numpy(), X_before)
+    np.testing.assert_array_equal(Wt.numpy(), W_before)
+
+
+def test_torch_input_gives_torch_output(data):
+    X, W = data
+    Xt = torch.tensor(X, dtype=torch.float32)
+    est = WeightedTruncatedSVD(3)
+    Z = est.fit_transform(Xt, sample_weight=torch.tensor(W))
+    assert isinstance(Z, torch.Tensor) and Z.dtype == torch.float32 and Z.device == Xt.device
+    assert isinstance(est.transform(Xt), torch.Tensor)
+    assert isinstance(est.inverse_transform(Z), torch.Tensor)
+    ref = WeightedTruncatedSVD(3).fit(X.astype(np.float32), sample_weight=W)
+    np.testing.assert_allclose(est.components_, ref.components_, atol=1e-5)
+    # half precision is upcast for the solve and comes back in half precision
+    Zh = WeightedTruncatedSVD(3).fit_transform(Xt.half(), sample_weight=W)
+    assert Zh.dtype == torch.float16 and torch.isfinite(Zh).all()
+
+
+def test_output_dtype_follows_input(data):
+    X, W = data
+    for dtype in (np.float32, np.float64):
+        est = WeightedTruncatedSVD(3).fit(X.astype(dtype), sample_weight=W)
+        assert est.transform(X.astype(dtype)).dtype == dtype
+        assert est.components_.dtype == dtype
+    assert WeightedTruncatedSVD(3).fit_transform(X.astype(int)).dtype == np.float64
+
+
+def test_sparse_input_is_densified(data):
+    X, W = data
+    X = np.where(np.abs(X) > 1, X, 0.0)
+    dense = WeightedTruncatedSVD(3, dtype="float64").fit(X, sample_weight=W)
+    for fmt in (sp.csr_matrix, sp.csc_array, sp.coo_matrix):
+        est = WeightedTruncatedSVD(3, dtype="float64").fit(fmt(X), sample_weight=W)
+        np.testing.assert_allclose(est.components_, dense.components_, atol=1e-10)
+        np.testing.assert_allclose(est.transform(fmt(X)), dense.transform(X), atol=1e-10)
+
+
+def test_functional_form_matches_estimator(data):
+    X, W = data
+    A, B = weighted_low_rank(X, W, n_components=3, solver="als", dtype="float64")
+    est = WeightedTruncatedSVD(3, solver="als", dtype="float64")
+    np.testing.assert_allclose(A, est.fit_transform(X, sample_weight=W))
+    np.testing.assert_allclose(B, est.components_)
+    At, Bt = weighted_low_rank(torch.tensor(X), torch.tensor(W), n_components=3)
+    assert isinstance(At, torch.Tensor) and isinstance(Bt, torch.Tensor)
+    assert At.dtype == Bt.dtype == torch.float64
+
+
+def test_pipeline_clone_pickle_and_feature_names(data):
+    pd = pytest.importorskip("pandas")
+    X, W = data
+    y = X @ np.arange(12.0)
+    pipe = make_pipeline(StandardScaler(), WeightedTruncatedSVD(5), Ridge())
+    assert pipe.fit(X, y).score(X, y) > 0.3
+    est = WeightedTruncatedSVD(3).fit(X, sample_weight=W)
+    names = est.get_feature_names_out()
+    assert list(names) == [f"weightedtruncatedsvd{i}" for i in range(3)]
+    clone(est).fit(X)
+    loaded = pickle.loads(pickle.dumps(est))
+    np.testing.assert_array_equal(loaded.transform(X), est.transform(X))
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(12)])
+    out = WeightedTruncatedSVD(3).set_output(transform="pandas").fit(frame).transform(frame)
+    assert isinstance(out, pd.DataFrame) and list(out.columns) == list(names)
+
+
+def test_grid_search_over_solvers_with_routed_weights(rng):
+    # A rank-4 signal under noise of known per-entry variance: inverse-variance weights.
+    sigma = rng.lognormal(sigma=1.0, size=(90, 20))
+    X = rng.normal(size=(90, 4)) @ rng.normal(size=(4, 20)) + sigma * rng.normal(size=sigma.shape)
+    W = 1.0 / sigma**2
+    with sklearn.config_context(enable_metadata_routing=True):
+        est = WeightedTruncatedSVD().set_fit_request(sample_weight=True)
+        est = est.set_score_request(sample_weight=True)
+        grid = GridSearchCV(
+            est, {"solver": ["svd", "rank1", "als-cg"], "n_components": [2, 4]}, cv=3
+        )
+        grid.fit(X, sample_weight=W)
+    results = grid.cv_results_
+    scores = {
+        (p["solver"], p["n_components"]): score
+        for p, score in zip(results["params"], results["mean_test_score"], strict=True)
+    }
+    assert all(score < 0 for score in scores.values())
+    # Under the weighted score the weighted solver wins, and the larger rank wins.
+    assert grid.best_params_ == {"solver": "als-cg", "n_components": 4}
+    assert scores[("als-cg", 4)] > scores[("svd", 4)]
+    assert scores[("als-cg", 4)] > scores[("als-cg", 2)]
+
+
+# Bad input gets a clear error -------------------------------------------------
+
+
+def bad_inputs(X, W):
+    X_nan = X.copy()
+    X_nan[1, 2] = np.nan
+    X_inf = X.copy()
+    X_inf[0, 0] = np.inf
+    W_neg, W_nan, W_inf = W.copy(), W.copy(), W.copy()
+    W_neg[3, 3] = -1.0
+    W_nan[0, 1] = np.nan
+    W_inf[0, 1] = np.inf
+    return [
+        (X, W_neg, {}, ValueError, "non-negative; it has 1 negative"),
+        (X, W_nan, {}, ValueError, "sample_weight contains NaN or infinite"),
+        (X, W_inf, {}, ValueError, "sample_weight contains NaN or infinite"),
+        (X_nan, W, {}, ValueError, "X contains 1 NaN or infinite entries where sample_weight"),
+        (X_nan, None, {}, ValueError, "Input X contains NaN"),
+        (X_inf, W, {}, ValueError, "Input X contains infinity"),
+        (X, W[:, :5], {}, ValueError, r"sample_weight has shape \(30, 5\), but X has shape"),
+        (X, W[:7, 0], {}, ValueError, r"sample_weight has shape \(7,\)"),
+        (X, np.zeros_like(W), {}, ValueError, "sample_weight is zero everywhere"),
+        (X, W, {"n_components": 0}, ValueError, "'n_components' parameter"),
+        (X, W, {"n_components": 13}, ValueError, r"n_components=13 must be <= min\(n_samples"),
+        (X[:0], None, {}, ValueError, "0 sample"),
+        (X[:, 0], None, {}, ValueError, "Expected 2D array"),
+        (np.full((3, 2), "a"), None, {}, ValueError, "could not convert string to float"),
+        (X, W, {"solver": "qr"}, ValueError, "'solver' parameter"),
+        (X, W, {"init": "nope"}, ValueError, "'init' parameter"),
+        (X, W, {"init": (W, W)}, ValueError, r"init=\(A0, B0\) must have shapes"),
+        (X, W, {"dtype": "float16"}, ValueError, "'dtype' parameter"),
+        (X, W, {"device": "tpu"}, ValueError, "not a valid torch device"),
+        (torch.zeros(3), None, {}, ValueError, "Expected a 2D tensor"),
+        (torch.zeros(3, 2, dtype=torch.complex64), None, {}, TypeError, "real numbers"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(21))
+def test_bad_input_raises_a_clear_error(data, case):
+    X, W = data
+    X_in, W_in, params, exc, match = bad_inputs(X, W)[case]
+    copies = [np.array(a, copy=True) if isinstance(a, np.ndarray) else a for a in (X_in, W_in)]
+    with pytest.raises(exc, match=match):
+        WeightedTruncatedSVD(**{"n_components": 2, **params}).fit(X_in, sample_weight=W_in)
+    for before, after in zip(copies, (X_in, W_in), strict=True):
+        if isinstance(before, np.ndarray):
+            np.testing.assert_array_equal(before, after)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_cuda_requested_without_cuda(data):
+    X, W = data
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        WeightedTruncatedSVD(device="cuda").fit(X, sample_weight=W)
+
+
+def test_unfitted_and_mismatched_transform(data):
+    X, W = data
+    with pytest.raises(NotFittedError):
+        WeightedTruncatedSVD().transform(X)
+    est = WeightedTruncatedSVD(3).fit(X)
+    with pytest.raises(ValueError, match="X has 5 features"):
+        est.transform(X[:, :5])
+    with pytest.raises(ValueError, match=re.escape("expects n_components = 3")):
+        est.inverse_transform(np.ones((2, 4)))
+
+
+# Property tests ---------------------------------------------------------------
+
+weight_patterns = st.sampled_from(["uniform", "row", "rank1", "elementwise", "mask"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    m=st.integers(2, 12),
+    n=st.integers(2, 12),
+    k_frac=st.floats(0.0, 1.0),
+    pattern=weight_patterns,
+    solver=st.sampled_from(["auto", "rank1", "als", "als-cg", "em"]),
+    seed=st.integers(0, 2**16),
+)
+def test_properties(m, n, k_frac, pattern, solver, seed):
+    rng = np.random.default_rng(seed)
+    k = 1 + int(k_frac * (min(m, n) - 1))
+    X = rng.normal(size=(m, n))
+    W = {
+        "uniform": np.ones((m, n)),
+        "row": np.repeat(rng.uniform(0.1, 2, size=(m, 1)), n, axis=1),
+        "rank1": np.outer(rng.uniform(0.1, 2, m), rng.uniform(0.1, 2, n)),
+        "elementwise": rng.lognormal(size=(m, n)),
+        "mask": (rng.uniform(size=(m, n)) < 0.7).astype(float),
+    }[pattern]
+    if not W.any():
+        W[0, 0] = 1.0
+    kw = dict(solver=solver, dtype="float64", max_iter=30, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = WeightedTruncatedSVD(k, **kw)
+        Z = est.fit_transform(X, sample_weight=W)
+        again = WeightedTruncatedSVD(k, **kw).fit_transform(X, sample_weight=W)
+    assert np.isfinite(Z).all() and np.isfinite(est.components_).all()
+    np.testing.assert_array_equal(Z, again)
+    err = weighted_objective(X, W, Z @ est.components_)
+    if pattern in ("uniform", "row", "rank1"):
+        # No solver beats the exact closed form; "auto" and "rank1" reach it.
+        exact = WeightedTruncatedSVD(k, solver="rank1", dtype="float64").fit(X, sample_weight=W)
+        optimum = exact.reconstruction_err_**2
+        assert err >= optimum * (1 - 1e-9) - 1e-12
+        if solver in ("auto", "rank1"):
+            assert err == pytest.approx(optimum, rel=1e-8, abs=1e-12)
