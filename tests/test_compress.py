@@ -1,0 +1,368 @@
+"""Compression of real architectures built from configs, and of plain MLPs."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sklearn_wsvd.compress import (
+    LowRankLinear,
+    allocate_ranks,
+    compress_model,
+    find_targets,
+    fisher_importance,
+    load_compressed,
+    save_compressed,
+)
+from sklearn_wsvd.metrics import svd_risk
+
+
+def make_low_rank_(model, rank, seed=0):
+    """Give every linear weight of ``model`` rank ``rank`` exactly, in place."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+                a, b = module.weight.shape
+                k = min(rank, a, b)
+                w = torch.randn(a, k, generator=gen) @ torch.randn(k, b, generator=gen) / b
+                module.weight.copy_(w)
+    return model
+
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3)
+    )
+
+
+def tiny_bert():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=60,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=2,
+    )
+    return transformers.BertForSequenceClassification(config).eval()
+
+
+def tiny_gpt2():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=60,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=32,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def token_batches(n_batches=2, size=4, length=10, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_batches):
+        ids = torch.randint(0, 60, (size, length), generator=gen)
+        out.append({"input_ids": ids, "labels": torch.randint(0, 2, (size,), generator=gen)})
+    return out
+
+
+# LowRankLinear -----------------------------------------------------------------
+
+
+def test_low_rank_linear_full_rank_is_exact_and_counts_parameters():
+    layer = nn.Linear(12, 7)
+    low = LowRankLinear.from_linear(layer, rank=7)
+    x = torch.randn(5, 12)
+    torch.testing.assert_close(low(x), layer(x), atol=1e-5, rtol=1e-5)
+    assert sum(p.numel() for p in low.parameters()) == 7 * (12 + 7) + 7
+    torch.testing.assert_close(low.to_dense(), layer.weight, atol=1e-5, rtol=1e-5)
+    half = LowRankLinear.from_linear(nn.Linear(6, 4, bias=False).to(torch.float64), rank=2)
+    assert half.out_proj.bias is None and half.in_proj.weight.dtype == torch.float64
+
+
+def test_conv1d_is_handled_explicitly():
+    Conv1D = pytest.importorskip("transformers.pytorch_utils").Conv1D
+
+    conv = Conv1D(nf=10, nx=6)  # weight stored (in=6, out=10)
+    with torch.no_grad():
+        conv.bias.normal_()
+    low = LowRankLinear.from_linear(conv, rank=6)
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(low(x), conv(x), atol=1e-5, rtol=1e-5)
+    assert (low.in_features, low.out_features) == (6, 10)
+
+
+# Importance --------------------------------------------------------------------
+
+
+def test_fisher_matches_hand_computed_squared_gradients():
+    model = mlp()
+    X = torch.randn(6, 20)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    loss_fn = nn.CrossEntropyLoss()
+    batches = [(X[:3], y[:3]), (X[3:], y[3:])]
+    F = fisher_importance(model, batches, loss_fn=loss_fn)
+    expected = torch.zeros_like(model[2].weight)
+    for xb, yb in batches:
+        model.zero_grad()
+        loss_fn(model(xb), yb).backward()
+        expected += model[2].weight.grad.square() / 2
+    torch.testing.assert_close(F["2"], expected)
+    per_sample = fisher_importance(model, batches, loss_fn=loss_fn, per_sample=True)
+    expected = torch.zeros_like(model[2].weight)
+    for i in range(6):
+        model.zero_grad()
+        loss_fn(model(X[i : i + 1]), y[i : i + 1]).backward()
+        expected += model[2].weight.grad.square() / 6
+    torch.testing.assert_close(per_sample["2"], expected)
+
+
+def test_fisher_restores_the_model_state():
+    model = mlp().train()
+    model[0].weight.requires_grad_(False)
+    sentinel = torch.ones_like(model[2].weight)
+    model[2].weight.grad = sentinel
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [(torch.randn(4, 20), torch.tensor([0, 1, 2, 0]))]
+    F = fisher_importance(model, batches, loss_fn=nn.CrossEntropyLoss())
+    assert set(F) == {"0", "2", "4"} and F["0"].abs().sum() > 0
+    assert model.training
+    assert not model[0].weight.requires_grad and model[2].weight.requires_grad
+    assert model[2].weight.grad is sentinel and model[4].weight.grad is None
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def test_fisher_on_hugging_face_models_in_linear_orientation():
+    bert = tiny_bert()
+    F = fisher_importance(bert, token_batches())
+    assert F["bert.encoder.layer.0.intermediate.dense"].shape == (64, 32)
+    gpt = tiny_gpt2()
+    batches = [{"input_ids": b["input_ids"], "labels": b["input_ids"]} for b in token_batches()]
+    F = fisher_importance(gpt, batches)
+    # Conv1D stores c_fc as (32, 128); the importance comes (out, in) like nn.Linear.
+    assert F["transformer.h.0.mlp.c_fc"].shape == (128, 32)
+    assert "lm_head" not in F
+    with pytest.raises(ValueError, match="has no .loss"):
+        fisher_importance(gpt, [{"input_ids": batches[0]["input_ids"]}])
+    with pytest.raises(ValueError, match="batches is empty"):
+        fisher_importance(gpt, [])
+
+
+# Targets -----------------------------------------------------------------------
+
+
+def test_target_matching_as_peft_does_it():
+    bert = tiny_bert()
+    all_layers = find_targets(bert)
+    assert "bert.pooler.dense" in all_layers and len(all_layers) == 14
+    ffn = find_targets(bert, r".*\.(intermediate|output)\.dense")
+    assert len(ffn) == 6  # intermediate, output and attention.output per layer
+    assert find_targets(bert, ["query", "key"], exclude_modules=["layer.1.attention.self.key"]) == [
+        "bert.encoder.layer.0.attention.self.query",
+        "bert.encoder.layer.0.attention.self.key",
+        "bert.encoder.layer.1.attention.self.query",
+    ]
+    assert find_targets(bert, filter_fn=lambda m, n: m.out_features == 64) == [
+        "bert.encoder.layer.0.intermediate.dense",
+        "bert.encoder.layer.1.intermediate.dense",
+    ]
+    with pytest.raises(ValueError, match=r"No linear layer matches target_modules=\['nope'\]"):
+        find_targets(bert, ["nope"])
+    gpt = tiny_gpt2()
+    assert "lm_head" not in find_targets(gpt)
+    assert "lm_head" in find_targets(gpt, include_output_head=True)
+
+
+# compress_model ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("solver", ["svd", "fwsvd", "als-cg"])
+def test_exactly_low_rank_models_compress_without_change(solver):
+    bert = make_low_rank_(tiny_bert(), rank=4)
+    F = fisher_importance(bert, token_batches())
+    small, report = compress_model(bert, rank=4, importance=F, solver=solver, progress=False)
+    ids = token_batches()[0]["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            small(input_ids=ids).logits, bert(input_ids=ids).logits, atol=1e-4, rtol=1e-4
+        )
+    assert all(r.rank == (None if r.name == "classifier" else 4) for r in report.layers)
+    assert sum(p.numel() for p in small.parameters()) == sum(
+        p.numel() for p in bert.parameters()
+    ) - (report.params_before - report.params_after)
+
+
+def test_gpt2_conv1d_layers_compress_exactly_at_their_rank():
+    gpt = make_low_rank_(tiny_gpt2(), rank=3)
+    small, report = compress_model(gpt, rank=3, progress=False)
+    assert {r.name for r in report.layers} == set(find_targets(gpt))
+    assert isinstance(small.transformer.h[0].mlp.c_fc, LowRankLinear)
+    ids = token_batches()[0]["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            small(input_ids=ids).logits, gpt(input_ids=ids).logits, atol=1e-4, rtol=1e-4
+        )
+
+
+def test_caller_model_is_untouched_unless_inplace():
+    model = mlp()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    small, _ = compress_model(model, rank=2, progress=False)
+    assert isinstance(small[2], LowRankLinear) and isinstance(model[2], nn.Linear)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    same, _ = compress_model(model, rank=2, inplace=True, progress=False)
+    assert same is model and isinstance(model[2], LowRankLinear)
+
+
+def test_report_counts_and_dense_layers():
+    model = mlp()
+    small, report = compress_model(model, rank=10, progress=False)
+    rows = {r.name: r for r in report.layers}
+    assert rows["0"].rank == 10 and rows["0"].params_after == 10 * (20 + 32)
+    # 32x3 at rank 10 would cost 350 > 96 weights: left dense and reported.
+    assert rows["4"].rank is None and rows["4"].params_after == 96
+    assert isinstance(small[4], nn.Linear)
+    total = sum(p.numel() for p in small.parameters())
+    assert total == sum(p.numel() for p in model.parameters()) - (
+        report.params_before - report.params_after
+    )
+    text = str(report)
+    assert "dense" in text and "total:" in text
+
+
+def test_weighted_errors_beat_plain_svd_and_match_svd_risk():
+    model = mlp()
+    X = torch.randn(64, 20)
+    y = torch.randint(0, 3, (64,))
+    batches = [(X[i : i + 8], y[i : i + 8]) for i in range(0, 64, 8)]
+    F = fisher_importance(model, batches, loss_fn=nn.CrossEntropyLoss(), per_sample=True)
+    _, report = compress_model(model, rank=4, importance=F, progress=False, dtype="float64")
+    for r in report.layers:
+        if r.rank is None:
+            continue
+        assert r.error <= r.svd_error * (1 + 1e-9)
+        weight = dict(model.named_modules())[r.name].weight.detach().numpy()
+        assert r.svd_error == pytest.approx(svd_risk(weight, F[r.name].numpy(), 4), rel=1e-6)
+
+
+def test_ratio_and_global_budget():
+    model = mlp()
+    _, report = compress_model(model, ratio=0.5, target_modules=["0", "2"], progress=False)
+    assert [r.rank for r in report.layers] == [int(0.5 * 640 / 52), int(0.5 * 1024 / 64)]
+    budget = 900
+    _, report = compress_model(
+        model, param_budget=budget, target_modules=["0", "2"], progress=False
+    )
+    assert report.params_after <= budget
+    assert report.params_after > budget - 64  # no further rank fits in what is left
+
+
+def test_allocate_ranks_gives_rank_where_the_energy_is():
+    rng = np.random.default_rng(0)
+    steep = np.diag(np.r_[10.0, np.full(19, 0.01)])
+    flat = rng.normal(size=(20, 20))
+    ranks = allocate_ranks({"steep": steep, "flat": flat}, None, budget=6 * 40)
+    assert ranks == {"steep": 1, "flat": 5}
+    # Importance concentrated on the steep layer's small directions moves the rank there.
+    importance = {"steep": np.diag(np.r_[1.0, np.full(19, 1e8)]) + 1e-3, "flat": np.ones((20, 20))}
+    ranks = allocate_ranks({"steep": steep, "flat": flat}, importance, budget=6 * 40)
+    assert ranks["steep"] > 1
+
+
+def test_bad_compression_arguments():
+    model = mlp()
+    with pytest.raises(ValueError, match="exactly one of rank, ratio or param_budget"):
+        compress_model(model, rank=2, ratio=0.5)
+    with pytest.raises(ValueError, match="ratio must be a number in"):
+        compress_model(model, ratio=1.5)
+    with pytest.raises(ValueError, match="rank must be a positive integer"):
+        compress_model(model, rank=0)
+    with pytest.raises(ValueError, match="rank 0 for layer '2' must be at least 1"):
+        compress_model(model, rank={"0": 3, "2": 0, "4": 1})
+    with pytest.raises(ValueError, match=r"rank has no entry for the target layers \['4'\]"):
+        compress_model(model, rank={"0": 3, "2": 1})
+    with pytest.raises(ValueError, match="param_budget=10 is below"):
+        compress_model(model, param_budget=10)
+    with pytest.raises(ValueError, match="No linear layer matches"):
+        compress_model(model, rank=2, target_modules="encoder.*")
+    with pytest.raises(ValueError, match=r"importance has no entry for the target layers \['4'\]"):
+        compress_model(model, rank=2, importance={"0": torch.ones(32, 20), "2": torch.ones(32, 32)})
+    with pytest.raises(ValueError, match=r"importance\['0'\] has shape \(20, 32\)"):
+        compress_model(model, rank=2, target_modules=["0"], importance={"0": torch.ones(20, 32)})
+
+
+def test_parallel_layers_through_joblib_and_a_local_dask_cluster():
+    distributed = pytest.importorskip("distributed")
+    from joblib import parallel_config
+
+    model = mlp()
+    serial, serial_report = compress_model(model, rank=3, progress=False)
+    with distributed.Client(
+        processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None
+    ):
+        with parallel_config(backend="dask"):
+            dask_model, dask_report = compress_model(model, rank=3, n_jobs=-1, progress=False)
+    threaded, _ = compress_model(model, rank=3, n_jobs=2, progress=False)
+    x = torch.randn(4, 20)
+    with torch.no_grad():
+        for other in (dask_model, threaded):
+            torch.testing.assert_close(other(x), serial(x))
+    assert [r.rank for r in dask_report.layers] == [r.rank for r in serial_report.layers]
+
+
+# Save and load -----------------------------------------------------------------
+
+
+def test_save_load_round_trip_hugging_face(tmp_path):
+    bert = tiny_bert()
+    small, _ = compress_model(bert, rank=5, progress=False)
+    save_compressed(small, tmp_path / "m")
+    assert {p.name for p in (tmp_path / "m").iterdir()} == {
+        "model.safetensors",
+        "compression.json",
+        "config.json",
+    }
+    loaded = load_compressed(tmp_path / "m").eval()
+    ids = token_batches()[0]["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded(input_ids=ids).logits, small(input_ids=ids).logits, rtol=0, atol=0
+        )
+
+
+def test_save_load_round_trip_tied_gpt2(tmp_path):
+    gpt = tiny_gpt2()
+    small, _ = compress_model(gpt, rank=4, progress=False)
+    save_compressed(small, tmp_path)
+    loaded = load_compressed(tmp_path).eval()
+    assert loaded.lm_head.weight.data_ptr() == loaded.transformer.wte.weight.data_ptr()
+    ids = token_batches()[0]["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded(input_ids=ids).logits, small(input_ids=ids).logits, rtol=0, atol=0
+        )
+
+
+def test_save_load_round_trip_plain_module(tmp_path):
+    small, _ = compress_model(mlp(), rank=3, progress=False)
+    save_compressed(small, tmp_path)
+    with pytest.raises(ValueError, match="pass model="):
+        load_compressed(tmp_path)
+    loaded = load_compressed(tmp_path, model=mlp(seed=1))
+    x = torch.randn(4, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), small(x), rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match="compression.json"):
+        load_compressed(tmp_path / "missing")
