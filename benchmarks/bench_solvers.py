@@ -1,0 +1,228 @@
+"""Every solver on the same matrices, in one run: weighted error reached and time to within 1%.
+
+Matrices: real MiniLM weight matrices with their per-sample Fisher importance (run
+finetune_minilm.py first), in the (in_features x out_features) orientation that
+compression uses, plus synthetic matrices with controlled weight patterns. For each
+(matrix, rank) every solver runs under the same time cap; the best objective any of
+them reaches is the reference. Reported per solver: weighted error relative to plain
+SVD's, seconds to come within 1% of the best, and that time as a ratio to the
+TFWSVD paper's recipe (Adam then SGD from the FWSVD start, solver="adam",
+init="fwsvd"), and to one unweighted truncated SVD of the same matrix.
+
+    python benchmarks/bench_solvers.py [--quick] [--cap SECONDS]
+
+Writes results/solvers.json, results/solvers.md and results/solvers.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+import torch
+from _common import RESULTS, fisher, load_finetuned, write_json
+from sklearn.decomposition import TruncatedSVD
+from sklearn.exceptions import ConvergenceWarning
+
+from sklearn_wsvd import WeightedTruncatedSVD
+
+# name -> (solver, init)
+METHODS = {
+    "svd": ("svd", None),
+    "fwsvd": ("fwsvd", None),
+    "rank1": ("rank1", None),
+    "als-cg": ("als-cg", None),
+    "als": ("als", None),
+    "em": ("em", None),
+    "adam": ("adam", None),
+    "tfwsvd (paper)": ("adam", "fwsvd"),
+}
+REFERENCE = "tfwsvd (paper)"
+
+
+def real_matrices():
+    model, tokenizer, data = load_finetuned()
+    F = fisher(model, tokenizer, data)
+    modules = dict(model.named_modules())
+    picks = {
+        "minilm attn.output 384x384": "bert.encoder.layer.2.attention.output.dense",
+        "minilm ffn.in 384x1536": "bert.encoder.layer.2.intermediate.dense",
+        "minilm ffn.out 1536x384": "bert.encoder.layer.2.output.dense",
+    }
+    out = {}
+    for label, name in picks.items():
+        W = modules[name].weight.detach().numpy().T.astype(np.float64)
+        out[label] = (W, F[name].numpy().T.astype(np.float64))
+    return out
+
+
+def synthetic_matrices(m=512, n=2048, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(m, n))
+    heavy = rng.normal(size=(m, n)) ** 2 * rng.lognormal(sigma=1.0, size=(m, 1))
+    return {
+        f"gaussian {m}x{n}, uniform W": (X, np.ones((m, n))),
+        f"gaussian {m}x{n}, row W": (X, np.repeat(rng.lognormal(size=(m, 1)), n, axis=1)),
+        f"gaussian {m}x{n}, rank-one W": (X, np.outer(rng.lognormal(size=m), rng.lognormal(size=n))),
+        f"gaussian {m}x{n}, heavy-tailed W": (X, heavy),
+        f"low-rank {m}x{n}, 50% missing": _completion(rng, m, n, 0.5),
+        f"low-rank {m}x{n}, 90% missing": _completion(rng, m, n, 0.9),
+    }
+
+
+def _completion(rng, m, n, missing):
+    truth = rng.normal(size=(m, 32)) @ rng.normal(size=(32, n)) + 0.1 * rng.normal(size=(m, n))
+    W = (rng.uniform(size=(m, n)) >= missing).astype(float)
+    return np.where(W > 0, truth, np.nan), W
+
+
+def run_method(X, W, k, solver, init, cap):
+    deadline = time.perf_counter() + cap
+
+    def stop_at_cap(n_iter, A, B, objective):
+        return time.perf_counter() > deadline
+
+    est = WeightedTruncatedSVD(
+        k, solver=solver, init=init, tol=1e-7, max_iter=100_000, callback=stop_at_cap,
+        random_state=0, device="cpu",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, sample_weight=W)
+    return est.history_["objective"], est.history_["seconds"]
+
+
+def time_to(objective, seconds, target):
+    hit = np.flatnonzero(np.asarray(objective) <= target)
+    return float(seconds[hit[0]]) if hit.size else None
+
+
+def bench_case(label, X, W, k, cap):
+    sklearn_start = time.perf_counter()
+    TruncatedSVD(k, algorithm="randomized", random_state=0).fit(np.nan_to_num(X))
+    sklearn_seconds = time.perf_counter() - sklearn_start
+    runs = {name: run_method(X, W, k, s, i, cap) for name, (s, i) in METHODS.items()}
+    best = min(min(obj) for obj, _ in runs.values())
+    svd_err = runs["svd"][0][-1]
+    ref = time_to(*runs[REFERENCE], 1.01 * best)
+    rows = []
+    for name, (obj, sec) in runs.items():
+        t = time_to(obj, sec, 1.01 * best)
+        rows.append(
+            {
+                "matrix": label,
+                "rank": k,
+                "method": name,
+                "error_vs_svd": float(min(obj) / svd_err),
+                "error_vs_best": float(min(obj) / best),
+                "seconds": float(sec[-1]),
+                "time_to_1pct": t,
+                "speedup_vs_paper": None if t is None or ref is None else ref / t,
+                "time_vs_sklearn_svd": None if t is None else t / sklearn_seconds,
+                "curve": [[float(s), float(o / best)] for s, o in zip(sec, obj, strict=True)],
+            }
+        )
+    return rows, sklearn_seconds
+
+
+def markdown(rows):
+    lines = [
+        "| matrix | rank | method | error / SVD | time to 1% (s) | vs paper recipe | vs sklearn SVD |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        t = "-" if r["time_to_1pct"] is None else f"{r['time_to_1pct']:.2f}"
+        sp = "-" if r["speedup_vs_paper"] is None else f"{r['speedup_vs_paper']:.1f}x faster"
+        sk = "-" if r["time_vs_sklearn_svd"] is None else f"{r['time_vs_sklearn_svd']:.1f}x"
+        lines.append(
+            f"| {r['matrix']} | {r['rank']} | {r['method']} | {r['error_vs_svd']:.4f} | {t} | "
+            f"{sp} | {sk} |"
+        )
+    return "\n".join(lines)
+
+
+def summary(rows):
+    """Median over the cases of each method's speed-up against the paper's recipe."""
+    out = {}
+    for method in METHODS:
+        sel = [r for r in rows if r["method"] == method]
+        speed = [r["speedup_vs_paper"] for r in sel if r["speedup_vs_paper"] is not None]
+        vs_svd = [r["time_vs_sklearn_svd"] for r in sel if r["time_vs_sklearn_svd"] is not None]
+        out[method] = {
+            "cases": len(sel),
+            "reached_1pct": sum(r["time_to_1pct"] is not None for r in sel),
+            "median_error_vs_best": float(np.median([r["error_vs_best"] for r in sel])),
+            "median_speedup_vs_paper": float(np.median(speed)) if speed else None,
+            "median_time_vs_sklearn_svd": float(np.median(vs_svd)) if vs_svd else None,
+        }
+    return out
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = sorted({(r["matrix"], r["rank"]) for r in rows}, key=lambda c: (c[0], c[1]))
+    real = [c for c in cases if c[0].startswith("minilm")][:6]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8), squeeze=False)
+    for ax, (matrix, rank) in zip(axes.flat, real, strict=False):
+        for r in rows:
+            if (r["matrix"], r["rank"]) != (matrix, rank) or r["method"] in ("svd", "fwsvd"):
+                continue
+            curve = np.array(r["curve"])
+            ax.plot(curve[:, 0], curve[:, 1] - 1, label=r["method"], marker="." if len(curve) < 3 else None)
+        ax.set_xscale("symlog", linthresh=0.01)
+        ax.set_yscale("log")
+        ax.axhline(0.01, color="grey", lw=0.5, ls="--")
+        ax.set_title(f"{matrix}, k={rank}", fontsize=9)
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("objective / best - 1")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="real matrices, one rank, short cap")
+    parser.add_argument("--cap", type=float, default=20.0, help="seconds per solver and case")
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    cases = []
+    for label, (X, W) in real_matrices().items():
+        full = min(X.shape)
+        fracs = (0.25,) if args.quick else (0.05, 0.25, 0.5)
+        cases += [(label, X, W, max(1, int(f * full))) for f in fracs]
+    if not args.quick:
+        for label, (X, W) in synthetic_matrices().items():
+            cases.append((label, X, W, 64))
+    rows, sklearn_times = [], {}
+    for label, X, W, k in cases:
+        print(f"{label}, k={k}", flush=True)
+        case_rows, sklearn_times[f"{label}, k={k}"] = bench_case(label, X, W, k, args.cap)
+        rows += case_rows
+        for r in case_rows:
+            print(f"  {r['method']:>15}: error/SVD {r['error_vs_svd']:.4f}  t1% {r['time_to_1pct']}", flush=True)
+    name = "solvers_quick" if args.quick else "solvers"
+    write_json(
+        RESULTS / f"{name}.json",
+        {"cap_seconds": args.cap, "summary": summary(rows), "sklearn_svd_seconds": sklearn_times, "rows": rows},
+    )
+    table = markdown(rows)
+    summ = summary(rows)
+    lines = ["| method | median error / best | reached 1% | median speed-up vs paper | median time vs sklearn SVD |", "|---|---|---|---|---|"]
+    for method, s in summ.items():
+        sp = "-" if s["median_speedup_vs_paper"] is None else f"{s['median_speedup_vs_paper']:.1f}x"
+        sk = "-" if s["median_time_vs_sklearn_svd"] is None else f"{s['median_time_vs_sklearn_svd']:.1f}x"
+        lines.append(f"| {method} | {s['median_error_vs_best']:.4f} | {s['reached_1pct']}/{s['cases']} | {sp} | {sk} |")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n\n" + table + "\n")
+    plot(rows, RESULTS / f"{name}.png")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
