@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -77,7 +78,7 @@ def iterate(
             improvement = best[0] - f
             if f < best[0]:
                 best = (f, A, B)
-            if not torch.isfinite(torch.tensor(f)):
+            if not math.isfinite(f):
                 raise FloatingPointError(
                     f"solver {name!r} diverged (objective {f}) at iteration {it}; "
                     "try dtype='float64', another solver or a smaller learning rate."

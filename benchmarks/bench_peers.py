@@ -1,0 +1,165 @@
+"""Peer libraries a user might pick instead, on the same matrices, ranks and machine.
+
+- scikit-learn's TruncatedSVD: the unweighted speed floor (randomized and arpack);
+- pymanopt 2.2.1: weighted cost on the fixed-rank manifold, conjugate gradient with
+  torch autodiff (the strongest peer we found), started from random (its default)
+  and from the same rank1 closed form our solvers start from;
+- wpca 0.1 (WPCA and EMPCA with element-wise weights; they take 1/sigma, so
+  sqrt(W)): it breaks with scikit-learn >= 1.8 and scipy >= 1.14, so it runs in
+  its own virtual environment (``--wpca-python``, made by
+  ``python3 -m venv V && V/bin/pip install "scipy<1.14" "scikit-learn<1.8" "numpy<2" wpca``).
+  Both centre the data (PCA); our estimator does not (TruncatedSVD-like).
+
+Error is the relative weighted error ``sum W (X - L)**2 / sum W X**2``; times are
+wall seconds on the same machine in the same run. Ours is the default solver
+("auto", which is "als-cg" here) with default settings.
+
+    python benchmarks/bench_peers.py [--wpca-python /path/to/venv/bin/python]
+
+Writes results/peers.json and results/peers.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import RESULTS, write_json
+from bench_solvers import real_matrices
+from sklearn.decomposition import TruncatedSVD
+from sklearn.exceptions import ConvergenceWarning
+
+from sklearn_wsvd import WeightedTruncatedSVD
+
+WPCA_SCRIPT = """
+import json, sys, time
+import numpy as np
+from wpca import WPCA, EMPCA
+data = np.load(sys.argv[1]); X, W, k = data["X"], data["W"], int(data["k"])
+out = {}
+for name, cls, kw in [("wpca WPCA", WPCA, {}), ("wpca EMPCA", EMPCA, {"max_iter": 25})]:
+    start = time.perf_counter()
+    model = cls(n_components=k, **kw).fit(X, weights=np.sqrt(W))
+    L = model.reconstruct(X, weights=np.sqrt(W))
+    seconds = time.perf_counter() - start
+    out[name] = {"error": float(np.sum(W * (X - L) ** 2) / np.sum(W * X ** 2)), "seconds": seconds}
+print(json.dumps(out))
+"""
+
+
+def relative(X, W, L):
+    return float(np.sum(W * (X - L) ** 2) / np.sum(W * X**2))
+
+
+def ours(X, W, k):
+    start = time.perf_counter()
+    est = WeightedTruncatedSVD(k, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        Z = est.fit_transform(X, sample_weight=W)
+    return relative(X, W, Z @ est.components_), time.perf_counter() - start
+
+
+def pymanopt_fit(X, W, k, iterations, start_from_rank1):
+    import pymanopt
+    from pymanopt.manifolds import FixedRankEmbedded
+    from pymanopt.optimizers import ConjugateGradient
+
+    Xt, Wt = torch.from_numpy(X), torch.from_numpy(W)
+    manifold = FixedRankEmbedded(*X.shape, k)
+
+    @pymanopt.function.pytorch(manifold)
+    def cost(u, s, vt):
+        return torch.sum(Wt * (Xt - (u * s) @ vt) ** 2)
+
+    np.random.seed(0)  # pymanopt's random start draws from numpy's global state
+    start = time.perf_counter()
+    initial = None
+    if start_from_rank1:
+        est = WeightedTruncatedSVD(k, solver="rank1", dtype="float64").fit(X, sample_weight=W)
+        Z = est.fit_transform(X, sample_weight=W)
+        u, s, vt = np.linalg.svd(Z @ est.components_, full_matrices=False)
+        initial = type(manifold.random_point())(u[:, :k], s[:k], vt[:k])
+    problem = pymanopt.Problem(manifold, cost)
+    result = ConjugateGradient(max_iterations=iterations, verbosity=0).run(
+        problem, initial_point=initial
+    )
+    u, s, vt = result.point
+    return relative(X, W, (u * s) @ vt), time.perf_counter() - start
+
+
+def wpca_fit(python, X, W, k):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "case.npz"
+        np.savez(path, X=X, W=W, k=k)
+        script = Path(tmp) / "run.py"
+        script.write_text(WPCA_SCRIPT)
+        out = subprocess.run(
+            [python, str(script), str(path)], capture_output=True, text=True, check=True
+        )
+    return json.loads(out.stdout)
+
+
+def cases():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(768, 3072))
+    W = rng.normal(size=X.shape) ** 2
+    out = [("gaussian 768x3072, W = N(0,1)^2", X, W, 64)]
+    for label, (Xr, Wr) in real_matrices().items():
+        out.append((label, Xr, Wr, min(Xr.shape) // 4))
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--wpca-python", help="python of a venv where wpca imports")
+    args = parser.parse_args()
+    rows = []
+    for label, X, W, k in cases():
+        print(f"{label}, k={k}", flush=True)
+        err, sec = ours(X, W, k)
+        row = {"matrix": label, "rank": k, "results": {"sklearn-wsvd (auto)": [err, sec]}}
+        for algorithm in ("randomized", "arpack"):
+            start = time.perf_counter()
+            tsvd = TruncatedSVD(k, algorithm=algorithm, random_state=0)
+            Z = tsvd.fit_transform(X)
+            row["results"][f"sklearn TruncatedSVD ({algorithm}, unweighted)"] = [
+                relative(X, W, Z @ tsvd.components_),
+                time.perf_counter() - start,
+            ]
+        for iterations in (50, 200):
+            for rank1 in (False, True):
+                name = f"pymanopt CG {iterations} it, {'rank1' if rank1 else 'random'} start"
+                row["results"][name] = list(pymanopt_fit(X, W, k, iterations, rank1))
+        if args.wpca_python:
+            for name, r in wpca_fit(args.wpca_python, X, W, k).items():
+                row["results"][name] = [r["error"], r["seconds"]]
+        for name, (e, s) in row["results"].items():
+            print(f"  {name:>50}: error {e:.4f}  {s:7.2f} s", flush=True)
+        rows.append(row)
+    write_json(RESULTS / "peers.json", {"rows": rows, "argv": sys.argv[1:]})
+    lines = []
+    for row in rows:
+        base_e, base_s = row["results"]["sklearn-wsvd (auto)"]
+        lines += [
+            f"**{row['matrix']}, k = {row['rank']}**",
+            "",
+            "| method | relative weighted error | seconds | error vs ours | time vs ours |",
+            "|---|---|---|---|---|",
+        ]
+        for name, (e, s) in row["results"].items():
+            lines.append(f"| {name} | {e:.4f} | {s:.2f} | {e / base_e:.3f} | {s / base_s:.1f}x |")
+        lines.append("")
+    (RESULTS / "peers.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
