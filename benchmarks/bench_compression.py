@@ -118,7 +118,9 @@ def plot(rows, path, baseline):
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, key, title in zip(
-        axes, ("test_accuracy", "tuned_accuracy"), ("after compression", "after 1 epoch of tuning"),
+        axes,
+        ("test_accuracy", "tuned_accuracy"),
+        ("after compression", "after 1 epoch of tuning"),
         strict=True,
     ):
         for method in dict.fromkeys(r["method"] for r in rows):

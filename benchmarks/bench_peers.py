@@ -80,7 +80,7 @@ def pymanopt_fit(X, W, k, iterations, start_from_rank1):
     def cost(u, s, vt):
         return torch.sum(Wt * (Xt - (u * s) @ vt) ** 2)
 
-    np.random.seed(0)  # pymanopt's random start draws from numpy's global state
+    np.random.seed(0)  # noqa: NPY002 (pymanopt's random start draws from the global state)
     start = time.perf_counter()
     initial = None
     if start_from_rank1:

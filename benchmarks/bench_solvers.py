@@ -65,7 +65,10 @@ def synthetic_matrices(m=512, n=2048, seed=0):
     return {
         f"gaussian {m}x{n}, uniform W": (X, np.ones((m, n))),
         f"gaussian {m}x{n}, row W": (X, np.repeat(rng.lognormal(size=(m, 1)), n, axis=1)),
-        f"gaussian {m}x{n}, rank-one W": (X, np.outer(rng.lognormal(size=m), rng.lognormal(size=n))),
+        f"gaussian {m}x{n}, rank-one W": (
+            X,
+            np.outer(rng.lognormal(size=m), rng.lognormal(size=n)),
+        ),
         f"gaussian {m}x{n}, heavy-tailed W": (X, heavy),
         f"low-rank {m}x{n}, 50% missing": _completion(rng, m, n, 0.5),
         f"low-rank {m}x{n}, 90% missing": _completion(rng, m, n, 0.9),
@@ -85,8 +88,14 @@ def run_method(X, W, k, solver, init, cap):
         return time.perf_counter() > deadline
 
     est = WeightedTruncatedSVD(
-        k, solver=solver, init=init, tol=1e-7, max_iter=100_000, callback=stop_at_cap,
-        random_state=0, device="cpu",
+        k,
+        solver=solver,
+        init=init,
+        tol=1e-7,
+        max_iter=100_000,
+        callback=stop_at_cap,
+        random_state=0,
+        device="cpu",
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -129,7 +138,8 @@ def bench_case(label, X, W, k, cap):
 
 def markdown(rows):
     lines = [
-        "| matrix | rank | method | error / SVD | time to 1% (s) | vs paper recipe | vs sklearn SVD |",
+        "| matrix | rank | method | error / SVD | time to 1% (s) | vs paper recipe "
+        "| vs sklearn SVD |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -208,7 +218,12 @@ def plot(rows, path):
             if (r["matrix"], r["rank"]) != (matrix, rank) or r["method"] in ("svd", "fwsvd"):
                 continue
             curve = np.array(r["curve"])
-            ax.plot(curve[:, 0], curve[:, 1] - 1, label=r["method"], marker="." if len(curve) < 3 else None)
+            ax.plot(
+                curve[:, 0],
+                curve[:, 1] - 1,
+                label=r["method"],
+                marker="." if len(curve) < 3 else None,
+            )
         ax.set_xscale("symlog", linthresh=0.01)
         ax.set_yscale("log")
         ax.axhline(0.01, color="grey", lw=0.5, ls="--")
@@ -246,12 +261,20 @@ def main():
         case_rows, sklearn_times[f"{label}, k={k}"] = bench_case(label, X, W, k, args.cap)
         rows += case_rows
         for r in case_rows:
-            print(f"  {r['method']:>15}: error/SVD {r['error_vs_svd']:.4f}  t1% {r['time_to_1pct']}", flush=True)
+            print(
+                f"  {r['method']:>15}: error/SVD {r['error_vs_svd']:.4f}  t1% {r['time_to_1pct']}",
+                flush=True,
+            )
     name = "solvers_quick" if args.quick else "solvers"
     summ = report(rows, name)
     write_json(
         RESULTS / f"{name}.json",
-        {"cap_seconds": args.cap, "summary": summ, "sklearn_svd_seconds": sklearn_times, "rows": rows},
+        {
+            "cap_seconds": args.cap,
+            "summary": summ,
+            "sklearn_svd_seconds": sklearn_times,
+            "rows": rows,
+        },
     )
 
 

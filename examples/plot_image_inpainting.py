@@ -35,9 +35,7 @@ for name, fill in [("plain SVD", plain_fill), ("weighted", weighted_fill)]:
 
 fig, axes = plt.subplots(1, 4, figsize=(14, 3.6))
 titles = ["original", "60% of pixels missing", "plain SVD, holes as zeros", "weighted (als-cg)"]
-for ax, img, title in zip(
-    axes, [image, damaged, plain_fill, weighted_fill], titles, strict=True
-):
+for ax, img, title in zip(axes, [image, damaged, plain_fill, weighted_fill], titles, strict=True):
     ax.imshow(np.clip(img, 0, 1), cmap="gray", vmin=0, vmax=1)
     ax.set_title(title)
     ax.axis("off")

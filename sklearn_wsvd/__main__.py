@@ -54,15 +54,22 @@ def compress(args) -> int:
         def batches():
             for i in range(0, len(texts), 16):
                 enc = tokenizer(
-                    texts[i : i + 16], padding=True, truncation=True, max_length=128,
+                    texts[i : i + 16],
+                    padding=True,
+                    truncation=True,
+                    max_length=128,
                     return_tensors="pt",
                 )
                 yield {**enc, "labels": labels[i : i + 16]}
 
         start = time.perf_counter()
         importance = fisher_importance(
-            model, batches(), target_modules=args.target, exclude_modules=args.exclude,
-            per_sample=args.per_sample, progress=True,
+            model,
+            batches(),
+            target_modules=args.target,
+            exclude_modules=args.exclude,
+            per_sample=args.per_sample,
+            progress=True,
         )
         print(f"Fisher importance of {len(texts)} samples: {time.perf_counter() - start:.1f} s")
     else:
