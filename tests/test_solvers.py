@@ -228,3 +228,14 @@ def test_cpu_and_device_agree(rng, device, solver):
         on_dev = WeightedTruncatedSVD(4, device=device, **kw).fit(X, sample_weight=W)
     assert on_dev.reconstruction_err_ == pytest.approx(on_cpu.reconstruction_err_, rel=1e-6)
     np.testing.assert_allclose(on_dev.singular_values_, on_cpu.singular_values_, rtol=1e-5)
+
+
+def test_verbose_shows_a_progress_bar_with_the_objective(rng, capsys):
+    X = rng.normal(size=(20, 10))
+    W = rng.uniform(size=X.shape)
+    with pytest.warns(ConvergenceWarning):
+        WeightedTruncatedSVD(2, solver="als", verbose=True, max_iter=3, tol=0.0).fit(
+            X, sample_weight=W
+        )
+    err = capsys.readouterr().err
+    assert "als" in err and "objective=" in err

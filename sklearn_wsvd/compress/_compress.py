@@ -129,11 +129,12 @@ def allocate_ranks(weights, importance, budget) -> dict[str, int]:
     return ranks
 
 
-def _factorise(name, W, F, rank, solver, params):
+def _factorise(name, W, F, rank, solver, risk_threshold, params):
     """One layer's job (numpy in, numpy out, so that any joblib backend can run it).
 
     The fit runs on ``W.T`` (in_features x out_features), the orientation of the
-    FWSVD and TFWSVD papers, so that "fwsvd" weighs each input feature.
+    FWSVD and TFWSVD papers, so that "fwsvd" weighs each input feature. Below
+    ``risk_threshold`` the layer gets the "rank1" closed form instead of ``solver``.
     """
     start = time.perf_counter()
     m, n = W.shape
@@ -141,6 +142,9 @@ def _factorise(name, W, F, rank, solver, params):
         return name, None, None, 0.0, 0.0, "dense", time.perf_counter() - start
     X, importance = W.T, None if F is None else F.T
     plain = WeightedTruncatedSVD(rank, solver="svd", **params).fit(X, sample_weight=importance)
+    svd_risk = 0.5 * plain.reconstruction_err_**2
+    if risk_threshold is not None and importance is not None and svd_risk < risk_threshold:
+        solver = "rank1"
     if solver == "svd":
         est = plain
         Z = plain.transform(X)
@@ -157,7 +161,7 @@ def _factorise(name, W, F, rank, solver, params):
         name,
         U,
         V,
-        0.5 * plain.reconstruction_err_**2,
+        svd_risk,
         0.5 * est.reconstruction_err_**2,
         est.solver_,
         time.perf_counter() - start,
@@ -178,6 +182,7 @@ def compress_model(
     n_jobs: int | None = None,
     progress: bool = True,
     filter_fn=None,
+    risk_threshold: float | None = None,
     **params,
 ):
     """Replace the targeted linear layers by weighted low-rank factorisations.
@@ -214,6 +219,11 @@ def compress_model(
         Show a progress bar over the layers.
     filter_fn : callable, optional
         ``filter_fn(module, name) -> bool``, a further choice of layers.
+    risk_threshold : float, optional
+        Spend ``solver`` only where it matters: a layer whose SVD risk (the
+        predicted loss increase of plain SVD at its rank,
+        :func:`sklearn_wsvd.metrics.svd_risk`) is below this gets the cheap
+        "rank1" closed form instead. Needs ``importance``.
     **params
         Other parameters of the estimator (``max_iter``, ``tol``, ``device``,
         ``dtype``...).
@@ -255,7 +265,13 @@ def compress_model(
         dense = k * (m + k_in) >= m * k_in  # also every k >= min(m, n)
         jobs.append(
             delayed(_factorise)(
-                n, weights[n], None if F is None else F[n], None if dense else k, solver, params
+                n,
+                weights[n],
+                None if F is None else F[n],
+                None if dense else k,
+                solver,
+                risk_threshold,
+                params,
             )
         )
     if not inplace:
