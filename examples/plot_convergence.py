@@ -18,19 +18,18 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn_wsvd import WeightedTruncatedSVD
 
 rng = np.random.default_rng(0)
-X = rng.normal(size=(300, 800))
-W = rng.normal(size=X.shape) ** 2 * rng.lognormal(sigma=1.0, size=(300, 1))
+X = rng.normal(size=(200, 500))
+W = rng.normal(size=X.shape) ** 2 * rng.lognormal(sigma=1.0, size=(200, 1))
 
 runs = {
     "als-cg": dict(solver="als-cg"),
     "als": dict(solver="als"),
     "em": dict(solver="em"),
-    "adam": dict(solver="adam"),
     "TFWSVD recipe": dict(solver="adam", init="fwsvd"),
 }
 histories = {}
 for name, params in runs.items():
-    est = WeightedTruncatedSVD(32, tol=1e-7, max_iter=150, **params)
+    est = WeightedTruncatedSVD(16, tol=1e-6, max_iter=40, **params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.fit(X, sample_weight=W)
