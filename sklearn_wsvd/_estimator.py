@@ -416,10 +416,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         k = self.n_components
         if len(init) != 2:
             raise ValueError(f"init must be a pair (A0, B0), got a tuple of length {len(init)}.")
-        A, B = (
-            to_tensor(np.asarray(f) if not is_tensor(f) else f, device=X.device, dtype=X.dtype)
-            for f in init
-        )
+        A, B = (to_tensor(f, device=X.device, dtype=X.dtype) for f in init)
         if A.shape != (m, k) or B.shape != (k, n):
             raise ValueError(
                 f"init=(A0, B0) must have shapes {(m, k)} and {(k, n)}, got "

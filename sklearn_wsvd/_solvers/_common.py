@@ -23,13 +23,18 @@ class Factors(NamedTuple):
     seconds: list[float]
 
 
-def objective(X, W, A, B, alpha: float = 0.0) -> float:
-    """``sum W * (X - A B)**2 + alpha * (|A|_F**2 + |B|_F**2)`` as a Python float."""
+def objective_tensor(X, W, A, B, alpha: float = 0.0) -> torch.Tensor:
+    """``sum W * (X - A B)**2 + alpha * (|A|_F**2 + |B|_F**2)``, differentiable."""
     R = torch.addmm(X, A, B, alpha=-1.0)
     value = torch.sum(W * R.square())
     if alpha:
         value = value + alpha * (A.square().sum() + B.square().sum())
-    return float(value)
+    return value
+
+
+def objective(X, W, A, B, alpha: float = 0.0) -> float:
+    """:func:`objective_tensor` as a Python float."""
+    return float(objective_tensor(X, W, A, B, alpha))
 
 
 def tiny(dtype: torch.dtype) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import iterate
+from ._common import iterate, objective_tensor
 
 
 def adam(
@@ -39,11 +39,7 @@ def adam(
     switch_at = int(switch * max_iter)
 
     def loss():
-        R = torch.addmm(X, PA, PB, alpha=-1.0)
-        value = (W * R.square()).sum()
-        if alpha:
-            value = value + alpha * (PA.square().sum() + PB.square().sum())
-        return value / norm
+        return objective_tensor(X, W, PA, PB, alpha) / norm
 
     def step(A_, B_, it):
         nonlocal opt

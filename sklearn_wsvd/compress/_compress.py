@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._estimator import WeightedTruncatedSVD
+from .._solvers.closed_form import rank_one_approximation
 from ._targets import find_targets
 from .layers import LowRankLinear, dense_weight
 
@@ -110,7 +111,7 @@ def allocate_ranks(weights, importance, budget) -> dict[str, int]:
         X = torch.as_tensor(W, dtype=torch.float64)
         if importance is not None:
             F = torch.as_tensor(importance[name], dtype=torch.float64)
-            a, b = F.sum(1), F.sum(0) / F.sum()
+            a, b = rank_one_approximation(F)
             X = a.sqrt()[:, None] * X * b.sqrt()
         s = torch.linalg.svdvals(X).numpy()
         ranks[name] = 1
