@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -193,6 +195,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self.verbose = verbose
         self.callback = callback
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, sample_weight=None):
         """Fit the low-rank model to ``X`` under the weights ``sample_weight``.
 
@@ -213,7 +216,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self : object
             Fitted estimator.
         """
-        self.fit_transform(X, sample_weight=sample_weight)
+        self._fit(X, sample_weight, stacklevel=4)
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -235,6 +238,11 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         Z : ndarray or torch.Tensor of shape (n_samples, n_components)
             Scores of the fitted low-rank matrix ``L`` on ``components_``.
         """
+        return self._fit(X, sample_weight, stacklevel=5)
+
+    def _fit(self, X, sample_weight, stacklevel):
+        # stacklevel: the frames from here up to the caller of fit or fit_transform
+        # (through _fit_context and, for fit_transform, the set_output wrapper).
         X_in, X, W = self._validate_input(X, sample_weight, reset=True)
         k = self.n_components
         m, n = X.shape
@@ -271,6 +279,13 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             "objective": np.asarray(factors.objective),
             "seconds": np.asarray(factors.seconds),
         }
+        if not factors.converged:
+            warnings.warn(
+                f"Solver {self.solver_!r} reached max_iter={factors.n_iter} before the "
+                f"relative improvement fell below tol={self.tol}. Increase max_iter or tol.",
+                ConvergenceWarning,
+                stacklevel=stacklevel,
+            )
         return output_like(Z, X_in)
 
     def transform(self, X, sample_weight=None):

@@ -321,3 +321,13 @@ def test_properties(m, n, k_frac, pattern, solver, seed):
         assert err >= optimum * (1 - 1e-9) - 1e-12
         if solver in ("auto", "rank1"):
             assert err == pytest.approx(optimum, rel=1e-8, abs=1e-12)
+
+
+@pytest.mark.parametrize("method", ["fit", "fit_transform"])
+def test_convergence_warning_points_at_the_callers_line(data, method):
+    X, W = data
+    est = WeightedTruncatedSVD(3, solver="em", max_iter=2, tol=0)
+    with pytest.warns(ConvergenceWarning, match="'em' reached max_iter=2") as record:
+        getattr(est, method)(X, sample_weight=W)
+    assert record[0].filename == __file__
+    assert est.n_iter_ == 2

@@ -165,13 +165,6 @@ def test_zero_weight_rows_and_columns_give_finite_results(rng, solver):
     assert np.isfinite(est.transform(X, sample_weight=W)).all()
 
 
-def test_convergence_warning_when_max_iter_stops_the_solver(rng):
-    X = rng.normal(size=(30, 20))
-    W = rng.lognormal(sigma=2.0, size=X.shape)
-    with pytest.warns(ConvergenceWarning, match="max_iter=2"):
-        WeightedTruncatedSVD(4, solver="als", max_iter=2, tol=0.0).fit(X, sample_weight=W)
-
-
 def test_callback_sees_every_iteration_and_can_stop(rng):
     X = rng.normal(size=(30, 20))
     W = rng.lognormal(size=X.shape)

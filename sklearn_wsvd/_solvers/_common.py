@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-from sklearn.exceptions import ConvergenceWarning
 from tqdm.auto import tqdm
 
 
@@ -21,6 +19,7 @@ class Factors(NamedTuple):
     n_iter: int
     objective: list[float]
     seconds: list[float]
+    converged: bool = True
 
 
 def objective_tensor(X, W, A, B, alpha: float = 0.0) -> torch.Tensor:
@@ -61,9 +60,10 @@ def iterate(
 
     Converged means that ``patience`` iterations in a row each improved the best
     objective by less than ``tol`` relative to it (``patience > 1`` suits solvers
-    whose objective is not monotone). ``max_iter`` ending the run first raises a
-    ``ConvergenceWarning``. ``callback(n_iter, A, B, objective)`` returning True
-    stops the run early (that is not a convergence failure). The history holds the
+    whose objective is not monotone). ``max_iter`` ending the run first sets
+    ``converged=False`` (the caller warns, so the warning points at user code).
+    ``callback(n_iter, A, B, objective)`` returning True stops the run early
+    (that is not a convergence failure). The history holds the
     initial point first, with the time the initialisation took.
     """
     f = objective(X, W, A, B, alpha)
@@ -95,11 +95,5 @@ def iterate(
             if stalls >= patience:
                 converged = True
                 break
-    if not (converged or stopped) and max_iter > 0:
-        warnings.warn(
-            f"Solver {name!r} reached max_iter={max_iter} before the relative "
-            f"improvement fell below tol={tol}. Increase max_iter or tol.",
-            ConvergenceWarning,
-            stacklevel=4,
-        )
-    return Factors(best[1], best[2], it, history, seconds)
+    converged = converged or stopped or max_iter == 0
+    return Factors(best[1], best[2], it, history, seconds, converged)
