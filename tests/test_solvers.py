@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from conftest import DEVICES, low_rank_plus_noise, tail_energy, weighted_objective
 from sklearn.exceptions import ConvergenceWarning
 
@@ -232,3 +233,35 @@ def test_verbose_shows_a_progress_bar_with_the_objective(rng, capsys):
         )
     err = capsys.readouterr().err
     assert "als" in err and "objective=" in err
+
+
+def _failing_cholesky_on_last_row(cholesky_ex):
+    def wrapped(G, *, out):
+        cholesky_ex(G, out=out)
+        out[0][-1] = float("nan")  # what a failed factorisation may leave behind
+        out[1][-1] = 1
+
+    return wrapped
+
+
+@pytest.mark.parametrize("budget", [None, 3 * 5 * 5 * 8])  # None: one chunk; else 1 row/column
+@pytest.mark.parametrize("cholesky_fails", [False, True])
+def test_exact_row_solve_is_the_weighted_least_squares_solution(
+    rng, budget, cholesky_fails, monkeypatch
+):
+    from sklearn_wsvd._solvers.als import DEFAULT_MEMORY_BUDGET, weighted_row_solve
+
+    if cholesky_fails:  # the least-squares fallback must give the same rows
+        patched = _failing_cholesky_on_last_row(torch.linalg.cholesky_ex)
+        monkeypatch.setattr(torch.linalg, "cholesky_ex", patched)
+    X = rng.normal(size=(7, 9))
+    W = rng.lognormal(size=X.shape)
+    B = rng.normal(size=(5, 9))
+    A = weighted_row_solve(
+        *(torch.tensor(a) for a in (X, W, B, np.zeros((7, 5)))),
+        memory_budget=budget or DEFAULT_MEMORY_BUDGET,
+    ).numpy()
+    for i in range(7):
+        sw = np.sqrt(W[i])
+        expected = np.linalg.lstsq((B * sw).T, X[i] * sw, rcond=None)[0]
+        np.testing.assert_allclose(A[i], expected, rtol=1e-8, atol=1e-10)

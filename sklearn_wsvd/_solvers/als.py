@@ -29,17 +29,17 @@ def weighted_row_solve(X, W, B, A_old, *, alpha=0.0, memory_budget=DEFAULT_MEMOR
     producing NaN, without moving well-determined rows measurably.
 
     The Gram matrices ``G_i = sum_j W_ij b_j b_j^T`` are one matrix product
-    ``W @ P`` with ``P_j = vec(b_j b_j^T)``; rows and columns are chunked so that
-    neither ``G`` nor ``P`` needs more than ``memory_budget`` bytes.
+    ``W @ P`` with ``P_j = vec(b_j b_j^T)``. Rows and columns are chunked so that
+    the chunk of ``G`` and that of ``P`` (or of ``G``'s Cholesky factor, which
+    replaces ``P``) together never take more than ``memory_budget`` bytes.
     """
     m, n = X.shape
     k = B.shape[0]
     Bt = B.T
     rhs = (W * X) @ Bt
     itemsize = X.element_size()
-    rows = max(1, min(m, memory_budget // (2 * k * k * itemsize)))
-    cols = max(1, min(n, memory_budget // (2 * k * k * itemsize)))
-    eye = torch.eye(k, dtype=X.dtype, device=X.device)
+    half = max(1, memory_budget // (2 * k * k * itemsize))  # matrices in half the budget
+    rows, cols = min(m, half), min(n, half)
     eps = 1e-6 if X.dtype == torch.float32 else 1e-12
     out = torch.empty_like(A_old)
     for r in range(0, m, rows):
@@ -48,21 +48,21 @@ def weighted_row_solve(X, W, B, A_old, *, alpha=0.0, memory_budget=DEFAULT_MEMOR
             Bc = Bt[c : c + cols]
             P = (Bc[:, :, None] * Bc[:, None, :]).reshape(-1, k * k)
             G.addmm_(W[r : r + rows, c : c + cols], P)
+            del P  # free before the next chunk's P (and before the Cholesky factor)
         G = G.view(-1, k, k)
         lam = eps * G.diagonal(dim1=1, dim2=2).sum(-1) / k + tiny(X.dtype) ** 0.5
-        G = G + (lam[:, None, None] + alpha) * eye
+        G.diagonal(dim1=1, dim2=2).add_((lam + alpha)[:, None])
         b = rhs[r : r + rows] + lam[:, None] * A_old[r : r + rows]
-        out[r : r + rows] = _spd_solve(G, b)
+        info = torch.empty(G.shape[0], dtype=torch.int32, device=X.device)
+        torch.linalg.cholesky_ex(G, out=(G, info))  # in place: no second G-sized buffer
+        x = torch.cholesky_solve(b[:, :, None], G)[:, :, 0]
+        bad = torch.nonzero(info).flatten()
+        if bad.numel():  # numerically indefinite: least squares on those rows' rebuilt Grams
+            Gb = (B * W[r + bad, None, :]) @ Bt
+            Gb.diagonal(dim1=1, dim2=2).add_((lam[bad] + alpha)[:, None])
+            x[bad] = torch.linalg.lstsq(Gb, b[bad][:, :, None]).solution[:, :, 0]
+        out[r : r + rows] = x
     return out
-
-
-def _spd_solve(G, b):
-    L, info = torch.linalg.cholesky_ex(G)
-    x = torch.cholesky_solve(b[:, :, None], L)[:, :, 0]
-    bad = info > 0
-    if bad.any():  # numerically indefinite: fall back to least squares for those rows
-        x[bad] = torch.linalg.lstsq(G[bad], b[bad][:, :, None]).solution[:, :, 0]
-    return x
 
 
 def _cg_row_update(WX, W, A, B, alpha, n_steps):
