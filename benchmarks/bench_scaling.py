@@ -9,12 +9,15 @@ Square Gaussian matrices with heavy-tailed element-wise weights (squared normals
 - Time to 1%: the default solver (als-cg from the rank1 start) runs to tol=1e-7; the
   time at which its objective first comes within 1% of its final objective, beside
   scikit-learn's randomized TruncatedSVD of the same matrix (the unweighted floor).
-- Peak memory: the resident-set high-water mark of a fresh process running two
-  iterations at the largest size with k=256, minus that of the same process after
-  building X and W (each one side^2 float32 matrix). The exact ALS chunks its Gram
-  matrices into a 1 GiB working set (``DEFAULT_MEMORY_BUDGET``).
+- Peak memory: in a fresh process holding X and W (one side^2 float32 matrix each),
+  the resident-set peak (Linux VmHWM, reset just before) during a two-iteration
+  fit at the largest size with k=256, minus the resident set before it. The exact
+  ALS builds its Gram matrices in chunks with a 1 GiB working set
+  (``DEFAULT_MEMORY_BUDGET``).
 
-    python benchmarks/bench_scaling.py [--quick]
+    python benchmarks/bench_scaling.py [--quick] [--memory-only]
+
+``--memory-only`` measures memory again and keeps the timings of results/scaling.json.
 
 Writes results/scaling.json, results/scaling.md and results/scaling.png.
 """
@@ -38,19 +41,23 @@ from sklearn_wsvd import WeightedTruncatedSVD
 SOLVERS = ("als-cg", "als", "em", "adam")
 MEMORY_SOLVERS = ("svd", "rank1", *SOLVERS)
 MEMORY_SCRIPT = """
-import resource, sys, warnings
+import sys, warnings
 import numpy as np
 from sklearn_wsvd import WeightedTruncatedSVD
+
+def mib(key):  # VmRSS (now) or VmHWM (peak since the last reset), in MiB
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key)) / 1024
+
 solver, n, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rng = np.random.default_rng(0)
-X = rng.standard_normal(size=(n, n), dtype=np.float32)  # no float64 temporaries:
-W = np.square(rng.standard_normal(size=(n, n), dtype=np.float32))  # they would raise `before`
+X = rng.standard_normal(size=(n, n), dtype=np.float32)
+W = np.square(rng.standard_normal(size=(n, n), dtype=np.float32))
 WeightedTruncatedSVD(2, solver="svd").fit(X[:50, :50])  # load torch's kernels
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the current RSS
+before = mib("VmRSS")
 warnings.simplefilter("ignore")
 WeightedTruncatedSVD(k, solver=solver, max_iter=2, tol=0).fit(X, sample_weight=W)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((after - before) / 1024)
+print(mib("VmHWM") - before)
 """
 
 
@@ -103,12 +110,7 @@ def peak_memory_mib(solver, n, k):
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    sides = [256, 512, 1024, 2048] if args.quick else [256, 512, 1024, 2048, 4096]
-    ranks = [16, 32, 64, 128] if args.quick else [16, 32, 64, 128, 256]
+def measure_timings(sides, ranks):
     by_side = {s: [seconds_per_iteration(n, 64, s) for n in sides] for s in SOLVERS}
     print("by side", json.dumps(by_side), flush=True)
     by_rank = {s: [seconds_per_iteration(1024, k, s) for k in ranks] for s in SOLVERS}
@@ -116,9 +118,6 @@ def main():
     to_1pct_side = [time_to_one_percent(n, 64) for n in sides]
     to_1pct_rank = [time_to_one_percent(1024, k) for k in ranks]
     print("time to 1% (als-cg, sklearn svd)", to_1pct_side, to_1pct_rank, flush=True)
-    big = sides[-1]
-    memory = {s: peak_memory_mib(s, big, 256) for s in MEMORY_SOLVERS}
-    print("memory", memory, flush=True)
     exponents = {
         s: {
             "side (k=64, sides >= 1024)": slope(sides[2:], by_side[s][2:]),
@@ -130,19 +129,46 @@ def main():
         "side (k=64, sides >= 1024)": slope(sides[2:], [t for t, _ in to_1pct_side[2:]]),
         "rank (1024x1024)": slope(ranks, [t for t, _ in to_1pct_rank]),
     }
-    write_json(
-        RESULTS / "scaling.json",
-        {
-            "sides": sides,
-            "ranks": ranks,
-            "seconds_per_iteration_by_side_k64": by_side,
-            "seconds_per_iteration_by_rank_1024": by_rank,
-            "als_cg_time_to_1pct_and_sklearn_svd_seconds_by_side_k64": to_1pct_side,
-            "als_cg_time_to_1pct_and_sklearn_svd_seconds_by_rank_1024": to_1pct_rank,
-            "exponents": exponents,
-            "peak_memory_mib": {"size": f"{big}x{big}, k=256, float32", **memory},
-        },
-    )
+    return {
+        "sides": sides,
+        "ranks": ranks,
+        "seconds_per_iteration_by_side_k64": by_side,
+        "seconds_per_iteration_by_rank_1024": by_rank,
+        "als_cg_time_to_1pct_and_sklearn_svd_seconds_by_side_k64": to_1pct_side,
+        "als_cg_time_to_1pct_and_sklearn_svd_seconds_by_rank_1024": to_1pct_rank,
+        "exponents": exponents,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--memory-only", action="store_true")
+    args = parser.parse_args()
+    if args.memory_only:
+        results = json.loads((RESULTS / "scaling.json").read_text())
+        results["timings_provenance"] = results.pop("provenance")
+        results.pop("peak_memory_mib")
+    else:
+        sides = [256, 512, 1024, 2048] if args.quick else [256, 512, 1024, 2048, 4096]
+        ranks = [16, 32, 64, 128] if args.quick else [16, 32, 64, 128, 256]
+        results = measure_timings(sides, ranks)
+    big = results["sides"][-1]
+    memory = {s: peak_memory_mib(s, big, 256) for s in MEMORY_SOLVERS}
+    print("memory", memory, flush=True)
+    results["peak_memory_mib"] = {"size": f"{big}x{big}, k=256, float32", **memory}
+    write_json(RESULTS / "scaling.json", results)
+    report(results)
+
+
+def report(results):
+    sides, ranks, exponents = results["sides"], results["ranks"], results["exponents"]
+    by_side = results["seconds_per_iteration_by_side_k64"]
+    by_rank = results["seconds_per_iteration_by_rank_1024"]
+    to_1pct_side = results["als_cg_time_to_1pct_and_sklearn_svd_seconds_by_side_k64"]
+    to_1pct_rank = results["als_cg_time_to_1pct_and_sklearn_svd_seconds_by_rank_1024"]
+    memory = results["peak_memory_mib"]
+    big = sides[-1]
     matrix_mib = big * big * 4 / 2**20
     lines = [
         f"| solver | s/iteration at {big}x{big}, k=64 | exponent in side | exponent in k "

@@ -265,3 +265,21 @@ def test_exact_row_solve_is_the_weighted_least_squares_solution(
         sw = np.sqrt(W[i])
         expected = np.linalg.lstsq((B * sw).T, X[i] * sw, rcond=None)[0]
         np.testing.assert_allclose(A[i], expected, rtol=1e-8, atol=1e-10)
+
+
+def test_large_starting_points_use_a_deterministic_randomized_svd(rng, monkeypatch):
+    from sklearn_wsvd._solvers import closed_form
+
+    X = torch.tensor(low_rank_plus_noise(rng, m=1100, n=1000, rank=8))
+    calls = []
+    lowrank = torch.svd_lowrank
+    monkeypatch.setattr(torch, "svd_lowrank", lambda *a, **kw: calls.append(1) or lowrank(*a, **kw))
+    fits = [closed_form.truncated_svd(X, 8, exact=False) for _ in range(2)]
+    assert len(calls) == 2
+    torch.testing.assert_close(fits[0], fits[1], rtol=0, atol=0)
+    A, B = fits[0]
+    err = float((X - A @ B).square().sum())
+    assert err == pytest.approx(tail_energy(X.numpy(), 8), rel=1e-6)
+    closed_form.truncated_svd(X, 8)  # the closed forms stay exact
+    closed_form.truncated_svd(X, 300, exact=False)  # and so do large ranks
+    assert len(calls) == 2

@@ -84,8 +84,8 @@ def solve(
         A, B = init
     elif init == "random":
         A, B = _random_init(X, k, torch.Generator().manual_seed(seed))
-    else:
-        A, B = CLOSED_FORM[init](X, W, k, alpha)
+    else:  # a starting point need not be exact: large matrices get a randomized SVD
+        A, B = CLOSED_FORM[init](X, W, k, alpha, exact=False)
     max_iter = DEFAULT_MAX_ITER[solver] if max_iter is None else max_iter
     return ITERATIVE[solver](
         X,
