@@ -7,9 +7,9 @@ import torch
 from ._common import tiny
 
 
-# Starting points of the iterative solvers use a randomized SVD above this size
-# when k is at most a quarter of it (a full SVD of 4096 x 4096 takes 17 s on 2
-# cores, the randomized one 0.4 s); the closed-form solvers are always exact.
+# Starting points of the iterative solvers use a randomized SVD, O(mnk) instead of
+# O(mn min(m, n)), when the smaller side is at least this and k at most a quarter
+# of it; the closed-form solvers are always exact.
 RANDOMIZED_MIN_SIDE = 1000
 
 
