@@ -15,9 +15,10 @@ Square Gaussian matrices with heavy-tailed element-wise weights (squared normals
   ALS builds its Gram matrices in chunks with a 1 GiB working set
   (``DEFAULT_MEMORY_BUDGET``).
 
-    python benchmarks/bench_scaling.py [--quick] [--memory-only]
+    python benchmarks/bench_scaling.py [--quick] [--memory-only] [--report-only]
 
-``--memory-only`` measures memory again and keeps the timings of results/scaling.json.
+``--memory-only`` measures memory again and keeps the timings of results/scaling.json;
+``--report-only`` rewrites the table and the plot from it.
 
 Writes results/scaling.json, results/scaling.md and results/scaling.png.
 """
@@ -144,7 +145,10 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--memory-only", action="store_true")
+    parser.add_argument("--report-only", action="store_true", help="redraw from the JSON")
     args = parser.parse_args()
+    if args.report_only:
+        return report(json.loads((RESULTS / "scaling.json").read_text()))
     if args.memory_only:
         results = json.loads((RESULTS / "scaling.json").read_text())
         results["timings_provenance"] = results.pop("provenance")
@@ -212,6 +216,8 @@ def report(results):
     for ax, x, t in ((axes[0], sides, to_1pct_side), (axes[1], ranks, to_1pct_rank)):
         ax.loglog(x, [a for a, _ in t], "k^-", label="als-cg, time to 1%")
         ax.loglog(x, [b for _, b in t], "k:", label="sklearn randomized SVD")
+        ax.set_xticks(x, [str(v) for v in x], minor=False)
+        ax.set_xticks([], minor=True)
         ax.set_ylabel("seconds")
         ax.legend(fontsize=8)
     axes[0].set_xlabel("matrix side (square, k = 64)")

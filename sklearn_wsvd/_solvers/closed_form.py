@@ -6,7 +6,6 @@ import torch
 
 from ._common import tiny
 
-
 # Starting points of the iterative solvers use a randomized SVD, O(mnk) instead of
 # O(mn min(m, n)), when the smaller side is at least this and k at most a quarter
 # of it; the closed-form solvers are always exact.
