@@ -43,16 +43,14 @@ SOLVERS = ("als-cg", "als", "em", "adam")
 MEMORY_SOLVERS = ("svd", "rank1", *SOLVERS)
 MEMORY_SCRIPT = """
 import sys, warnings
-import numpy as np
+from bench_scaling import problem
 from sklearn_wsvd import WeightedTruncatedSVD
 
 def mib(key):  # VmRSS (now) or VmHWM (peak since the last reset), in MiB
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key)) / 1024
 
 solver, n, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-rng = np.random.default_rng(0)
-X = rng.standard_normal(size=(n, n), dtype=np.float32)
-W = np.square(rng.standard_normal(size=(n, n), dtype=np.float32))
+X, W = problem(n)
 WeightedTruncatedSVD(2, solver="svd").fit(X[:50, :50])  # load torch's kernels
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the current RSS
 before = mib("VmRSS")
@@ -63,6 +61,7 @@ print(mib("VmHWM") - before)
 
 
 def problem(n):
+    """X and heavy-tailed weights, float32 without float64 temporaries."""
     rng = np.random.default_rng(0)
     X = rng.standard_normal(size=(n, n), dtype=np.float32)
     W = np.square(rng.standard_normal(size=(n, n), dtype=np.float32))
