@@ -16,11 +16,15 @@ from . import WeightedTruncatedSVD
 from .compress import compress_model, fisher_importance, load_compressed, save_compressed
 
 
-def _train_mlp(X, y, seed=0, epochs=30):
-    torch.manual_seed(seed)
-    model = nn.Sequential(
+def _mlp():
+    return nn.Sequential(
         nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
     )
+
+
+def _train_mlp(X, y, seed=0, epochs=30):
+    torch.manual_seed(seed)
+    model = _mlp()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     X, y = torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y)
     for _ in range(epochs):
@@ -84,7 +88,7 @@ def compression_demo(rank: int = 12) -> None:
     print("\n".join("   " + line for line in str(report).splitlines()))
     with tempfile.TemporaryDirectory() as tmp:
         save_compressed(small, tmp)
-        loaded = load_compressed(tmp, model=_train_mlp(X_train[:1], y_train[:1], epochs=0))
+        loaded = load_compressed(tmp, model=_mlp())
         X_test_t = torch.as_tensor(X_test, dtype=torch.float32)
         with torch.no_grad():
             same = torch.equal(loaded(X_test_t), small(X_test_t))
