@@ -25,6 +25,7 @@ from ._backend import (
 )
 from ._compat import _fit_context
 from ._solvers import INITS, SOLVERS, objective, resolve_solver, solve, weighted_row_solve
+from ._whitening import check_metric, left, metric_root, right
 
 
 class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -39,6 +40,14 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     solved iteratively, starting from the closed form. Zero weights mark entries
     that do not matter, where ``X`` may hold NaN (matrix completion). Like
     TruncatedSVD, the data are not centred.
+
+    Metrics on the features (``feature_metric``, ``C``) and on the samples
+    (``sample_metric`` of :meth:`fit`, ``R``) generalise the error to
+    ``sum_ij W_ij ((R^{1/2} (X - A B) C^{1/2})_ij)**2``. With ``X`` a layer's
+    weight and ``C`` the Gram matrix of its inputs this is the layer's output
+    error (SVD-LLM); with ``R`` the second moment of the output gradients too,
+    the Kronecker-factored curvature (K-FAC). Without element-wise weights the
+    optimum is exact: one SVD of the whitened matrix ``R^{1/2} X C^{1/2}``.
 
     Read more in the :ref:`User Guide <user_guide>`.
 
@@ -82,6 +91,23 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     alpha : float, default=0.0
         Ridge penalty on both factors. The closed forms are exact with a ridge
         only for uniform weights (singular values soft-thresholded by ``alpha``).
+        With metrics the penalty applies to the whitened factors
+        ``R^{1/2} A`` and ``B C^{1/2}``.
+
+    feature_metric : array-like of shape (n_features, n_features) or (n_features,), \
+            default=None
+        Symmetric positive semi-definite metric ``C`` over the features (a
+        vector is a diagonal metric), for example the Gram matrix ``Xa Xa^T`` of a
+        layer's inputs when ``X`` is its weight. A property of the feature space,
+        so a constructor parameter: ``transform`` and ``score`` of new data use it
+        too, and cross-validation never splits it. None means the identity.
+
+    metric_damping : float, default=0.0
+        Added to the eigenvalues of both metrics, relative to their mean
+        eigenvalue: ``M + metric_damping * trace(M) / n * I``. Zero solves the
+        stated problem exactly; directions that a singular metric ignores are then
+        left at zero. A small value (1e-4 to 1e-2) keeps those directions close
+        to ``X`` and bounds the conditioning, as GPTQ and K-FAC do.
 
     random_state : int, RandomState instance or None, default=None
         Seed of ``init="random"``.
@@ -161,6 +187,8 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         "max_iter": [Interval(Integral, 0, None, closed="left"), None],
         "tol": [Interval(Real, 0, None, closed="left")],
         "alpha": [Interval(Real, 0, None, closed="left")],
+        "feature_metric": ["array-like", "sparse matrix", torch.Tensor, None],
+        "metric_damping": [Interval(Real, 0, None, closed="left")],
         "random_state": ["random_state"],
         "device": [str, torch.device],
         "dtype": [StrOptions({"float32", "float64"})],
@@ -177,6 +205,8 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         max_iter=None,
         tol=1e-5,
         alpha=0.0,
+        feature_metric=None,
+        metric_damping=0.0,
         random_state=None,
         device="auto",
         dtype="float32",
@@ -189,6 +219,8 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self.max_iter = max_iter
         self.tol = tol
         self.alpha = alpha
+        self.feature_metric = feature_metric
+        self.metric_damping = metric_damping
         self.random_state = random_state
         self.device = device
         self.dtype = dtype
@@ -196,7 +228,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self.callback = callback
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None, sample_weight=None):
+    def fit(self, X, y=None, sample_weight=None, sample_metric=None):
         """Fit the low-rank model to ``X`` under the weights ``sample_weight``.
 
         Parameters
@@ -210,17 +242,24 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 default=None
             Non-negative importance of each sample (row) or of each entry. None
             means uniform weights.
+        sample_metric : array-like of shape (n_samples, n_samples) or (n_samples,), \
+                default=None
+            Symmetric positive semi-definite metric ``R`` over the samples (a
+            vector is a diagonal metric), for example the second moment of the
+            output gradients when ``X`` is a layer's weight (K-FAC). Pairwise
+            sample metadata: cross-validation cannot split it. None means the
+            identity.
 
         Returns
         -------
         self : object
             Fitted estimator.
         """
-        self._fit(X, sample_weight, stacklevel=4)
+        self._fit(X, sample_weight, sample_metric, stacklevel=4)
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit_transform(self, X, y=None, sample_weight=None):
+    def fit_transform(self, X, y=None, sample_weight=None, sample_metric=None):
         """Fit to ``X`` and return the fitted scores ``Z`` with ``Z @ components_ = L``.
 
         Parameters
@@ -232,18 +271,21 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         sample_weight : array-like of shape (n_samples,) or (n_samples, n_features), \
                 default=None
             Non-negative importance of each sample or of each entry.
+        sample_metric : array-like of shape (n_samples, n_samples) or (n_samples,), \
+                default=None
+            Metric over the samples, as in :meth:`fit`.
 
         Returns
         -------
         Z : ndarray or torch.Tensor of shape (n_samples, n_components)
             Scores of the fitted low-rank matrix ``L`` on ``components_``.
         """
-        return self._fit(X, sample_weight, stacklevel=5)
+        return self._fit(X, sample_weight, sample_metric, stacklevel=5)
 
-    def _fit(self, X, sample_weight, stacklevel):
+    def _fit(self, X, sample_weight, sample_metric, stacklevel):
         # stacklevel: the frames from here up to the caller of fit or fit_transform
         # (through _fit_context and, for fit_transform, the set_output wrapper).
-        X_in, X, W = self._validate_input(X, sample_weight, reset=True)
+        X_in, X, W = self._validate_input(X, sample_weight, sample_metric, reset=True)
         k = self.n_components
         m, n = X.shape
         if k > min(m, n):
@@ -251,14 +293,21 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 f"n_components={k} must be <= min(n_samples, n_features) = {min(m, n)} "
                 f"(n_samples = {m}, n_features = {n})."
             )
-        W = _dense_weights(W, X)
+        R, R_inv = self._sample_root(sample_metric, X)
+        C, C_inv = self._feature_root(X, reset=True)
+        # The whitened problem is a plain weighted one: every solver runs on it as is.
+        Y = right(left(R, X), C)
+        W = _dense_weights(W, Y)
+        init = self._check_init(m, n, X)
+        if isinstance(init, tuple):
+            init = (left(R, init[0]), right(init[1], C))
         self.solver_ = resolve_solver(self.solver, W, self.alpha)
         factors = solve(
-            X,
+            Y,
             W,
             k,
             solver=self.solver_,
-            init=self._check_init(m, n, X),
+            init=init,
             alpha=self.alpha,
             max_iter=self.max_iter,
             tol=self.tol,
@@ -266,9 +315,10 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             callback=self.callback,
             verbose=self.verbose,
         )
-        Z, S, Vt = _svd_of_product(factors.A, factors.B, W.mean(dim=1))
-        sse = objective(X, W, Z, Vt)
-        total = float((W * X.square()).sum())
+        A, B = left(R_inv, factors.A), right(factors.B, C_inv)
+        Z, S, Vt = _svd_of_product(A, B, W.mean(dim=1))
+        sse = objective(Y, W, left(R, Z), right(Vt, C))
+        total = float((W * Y.square()).sum())
         dtype = numpy_dtype_like(X_in)
         self.components_ = to_numpy(Vt, dtype)
         self.singular_values_ = to_numpy(S, dtype)
@@ -288,13 +338,15 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             )
         return output_like(Z, X_in)
 
-    def transform(self, X, sample_weight=None):
+    def transform(self, X, sample_weight=None, sample_metric=None):
         """Project ``X`` onto the components, weighted per entry when weights are given.
 
         Without element-wise weights this is the orthogonal projection
-        ``X @ components_.T`` (row weights do not change a row's projection). With
-        element-wise weights each row is the weighted least-squares fit of the
-        components to that row, so entries of zero weight (NaN allowed) are ignored.
+        ``X @ components_.T`` (row weights do not change a row's projection), or
+        with ``feature_metric`` the projection in that metric. With element-wise
+        weights each row is the weighted least-squares fit of the components to
+        that row, so entries of zero weight (NaN allowed) are ignored; with a
+        ``sample_metric`` as well, the rows are fitted jointly, as in :meth:`fit`.
 
         Parameters
         ----------
@@ -303,6 +355,9 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         sample_weight : array-like of shape (n_samples,) or (n_samples, n_features), \
                 default=None
             Non-negative importance of each sample or of each entry.
+        sample_metric : array-like of shape (n_samples, n_samples) or (n_samples,), \
+                default=None
+            Metric over the rows of ``X``, as in :meth:`fit`.
 
         Returns
         -------
@@ -310,8 +365,9 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             Scores with ``Z @ components_`` the reconstruction of ``X``.
         """
         check_is_fitted(self)
-        X_in, X, W = self._validate_input(X, sample_weight, reset=False)
-        return output_like(self._project(X, W), X_in)
+        X_in, X, W = self._validate_input(X, sample_weight, sample_metric, reset=False)
+        R, R_inv = self._sample_root(sample_metric, X)
+        return output_like(self._project(X, W, R, R_inv), X_in)
 
     def inverse_transform(self, X):
         """Map scores back to the data space: ``X @ components_``.
@@ -338,12 +394,13 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             )
         return X @ self.components_.astype(X.dtype, copy=False)
 
-    def score(self, X, y=None, sample_weight=None):
+    def score(self, X, y=None, sample_weight=None, sample_metric=None):
         """Negative weighted mean squared reconstruction error (higher is better).
 
         ``-sum W (X - X_hat)**2 / sum W`` with ``X_hat`` the reconstruction of
         :meth:`transform` under the same weights, so that model selection can
-        compare solvers and ranks.
+        compare solvers and ranks. With metrics the error is measured in them:
+        ``X - X_hat`` becomes ``R^{1/2} (X - X_hat) C^{1/2}``.
 
         Parameters
         ----------
@@ -354,34 +411,72 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         sample_weight : array-like of shape (n_samples,) or (n_samples, n_features), \
                 default=None
             Non-negative importance of each sample or of each entry.
+        sample_metric : array-like of shape (n_samples, n_samples) or (n_samples,), \
+                default=None
+            Metric over the rows of ``X``, as in :meth:`fit`.
 
         Returns
         -------
         score : float
         """
         check_is_fitted(self)
-        _, X, W = self._validate_input(X, sample_weight, reset=False)
-        Z = self._project(X, W)
+        _, X, W = self._validate_input(X, sample_weight, sample_metric, reset=False)
+        R, R_inv = self._sample_root(sample_metric, X)
+        C, _ = self._feature_root(X)
+        Z = self._project(X, W, R, R_inv)
         W = _dense_weights(W, X)
-        C = to_tensor(self.components_, device=X.device, dtype=X.dtype)
-        return -objective(X, W, Z, C) / float(W.sum())
+        V = to_tensor(self.components_, device=X.device, dtype=X.dtype)
+        sse = objective(right(left(R, X), C), W, left(R, Z), right(V, C))
+        return -sse / float(W.sum())
 
-    def _project(self, X, W):
-        """Scores of the rows of ``X`` on the components: weighted least squares per row.
+    def _project(self, X, W, R=None, R_inv=None):
+        """Scores of the rows of ``X`` on the components, in the fitted metric.
 
-        Row weights scale a row's least-squares problem without changing its
-        solution, the orthogonal projection. Rows of zero weight get zero.
+        Without element-wise weights each row's least-squares fit in the feature
+        metric (row weights and a sample metric scale the problem without changing
+        its solution); with them, the weighted least squares of the whitened rows,
+        mapped back through the sample metric. Rows of zero weight get zero.
         """
-        C = to_tensor(self.components_, device=X.device, dtype=X.dtype)
+        V = to_tensor(self.components_, device=X.device, dtype=X.dtype)
+        C, _ = self._feature_root(X)
         if W is None or W.ndim == 1:
-            return X @ C.T
-        return weighted_row_solve(X, W, C, torch.zeros_like(X[:, : C.shape[0]]))
+            if C is None:
+                return X @ V.T
+            return right(X, C) @ torch.linalg.pinv(right(V, C))
+        basis = right(V, C)
+        Z = weighted_row_solve(right(left(R, X), C), W, basis, torch.zeros_like(X[:, : len(V)]))
+        return left(R_inv, Z)
 
-    def _validate_input(self, X, sample_weight, *, reset):
+    def _feature_root(self, X, *, reset=False):
+        """The feature metric's root and inverse root as tensors like ``X`` (or None, None).
+
+        Computed at fit (float64 eigendecomposition, damped) and kept as numpy for
+        ``transform`` and ``score``; the inverse is needed at fit only.
+        """
+        if reset:
+            self._feature_metric_root = None
+            if self.feature_metric is None:
+                return None, None
+            M = check_metric(self.feature_metric, X.shape[1], "feature_metric", device=X.device)
+            root, inverse = metric_root(M, self.metric_damping, "feature_metric")
+            self._feature_metric_root = to_numpy(root)
+            return root, inverse
+        if getattr(self, "_feature_metric_root", None) is None:
+            return None, None
+        return to_tensor(self._feature_metric_root, device=X.device, dtype=torch.float64), None
+
+    def _sample_root(self, sample_metric, X):
+        if sample_metric is None:
+            return None, None
+        M = check_metric(sample_metric, X.shape[0], "sample_metric", device=X.device)
+        return metric_root(M, self.metric_damping, "sample_metric")
+
+    def _validate_input(self, X, sample_weight, sample_metric=None, *, reset):
         """Return the user's (validated) X, X as a finite tensor, and the weights tensor.
 
         Missing entries (NaN where the weight is zero) are filled with zero. The
-        weights tensor is None (uniform), 1-D (rows) or 2-D (entries).
+        weights tensor is None (uniform), 1-D (rows) or 2-D (entries). With a
+        metric every entry enters the error, so none may be missing.
         """
         allow_nan = sample_weight is not None
         if is_tensor(X):
@@ -413,6 +508,12 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             return X_in, X, None
         W = _check_sample_weight(sample_weight, X)
         missing = ~torch.isfinite(X)
+        if missing.any() and (self.feature_metric is not None or sample_metric is not None):
+            raise ValueError(
+                f"X contains {int(missing.sum())} NaN or infinite entries; with "
+                "feature_metric or sample_metric every entry enters the error, so no entry "
+                "can be missing."
+            )
         observed = W > 0 if W.ndim == 2 else (W > 0)[:, None]
         bad = missing & observed
         if bad.any():
@@ -529,7 +630,7 @@ def _svd_of_product(A, B, row_weight):
     return A @ (B @ Vt.T), S, Vt
 
 
-def weighted_low_rank(X, sample_weight=None, n_components=2, **params):
+def weighted_low_rank(X, sample_weight=None, n_components=2, *, sample_metric=None, **params):
     """Functional form of :class:`WeightedTruncatedSVD`: factors ``A``, ``B`` with ``X ~ A @ B``.
 
     Runs exactly the estimator's fit. ``B`` has orthonormal rows (the
@@ -543,6 +644,8 @@ def weighted_low_rank(X, sample_weight=None, n_components=2, **params):
         Non-negative importance of each row or entry.
     n_components : int, default=2
         Rank ``k``.
+    sample_metric : array-like of shape (m, m) or (m,), default=None
+        Metric over the rows, as in :meth:`WeightedTruncatedSVD.fit`.
     **params
         Any other parameter of :class:`WeightedTruncatedSVD` (``solver``,
         ``init``, ``max_iter``, ``device``...).
@@ -563,7 +666,7 @@ def weighted_low_rank(X, sample_weight=None, n_components=2, **params):
     True
     """
     est = WeightedTruncatedSVD(n_components=n_components, **params)
-    A = est.fit_transform(X, sample_weight=sample_weight)
+    A = est.fit_transform(X, sample_weight=sample_weight, sample_metric=sample_metric)
     B = est.components_
     if is_tensor(A):
         B = torch.from_numpy(B).to(device=A.device, dtype=A.dtype)
