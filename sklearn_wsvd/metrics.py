@@ -1,10 +1,9 @@
-"""Weighted reconstruction error and the SVD-risk metric."""
+"""Weighted reconstruction error, output error, loss estimates and the SVD-risk metric."""
 
 from __future__ import annotations
 
 import numpy as np
-
-from ._estimator import WeightedTruncatedSVD
+import torch
 
 
 def weighted_error(X, X_hat, sample_weight=None, *, relative: bool = False) -> float:
@@ -30,25 +29,114 @@ def weighted_error(X, X_hat, sample_weight=None, *, relative: bool = False) -> f
     return sse / float(np.sum(W[observed] * X[observed] ** 2))
 
 
-def svd_risk(weight, importance, rank: int) -> float:
+def _float64(x):
+    return torch.as_tensor(x).detach().to(torch.float64)
+
+
+def output_error(weight, approximation, input_moment) -> float:
+    """Relative output error ``|(W - W') X| / |W X|`` from the inputs' second moment ``X X^T / t``.
+
+    Parameters
+    ----------
+    weight, approximation : array-like of shape (m, n)
+        A layer's weight ``W`` (``nn.Linear`` orientation) and its replacement ``W'``.
+    input_moment : array-like of shape (n, n)
+        Second moment of the layer's inputs, ``E[x x^T]``
+        (:attr:`~sklearn_wsvd.compress.LayerStatistics.input_second_moment`).
+
+    Returns
+    -------
+    error : float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_wsvd.metrics import output_error
+    >>> output_error(np.eye(2), np.diag([1.0, 0.0]), np.diag([3.0, 1.0]))  # sqrt(1 / 4)
+    0.5
+    """
+    W, C = _float64(weight), _float64(input_moment).to(torch.float64)
+    dW = W - _float64(approximation).to(W.device)
+    C = C.to(W.device)
+    energy = float((W @ C * W).sum())
+    return max(float((dW @ C * dW).sum()), 0.0) ** 0.5 / max(energy, 1e-300) ** 0.5
+
+
+def loss_estimate(
+    weight, approximation, *, importance=None, input_moment=None, output_gradient_moment=None
+) -> float:
+    """Predicted increase of the loss when ``approximation`` replaces ``weight``.
+
+    The second-order Taylor estimate ``0.5 vec(dW)^T F vec(dW)`` with the Fisher
+    information ``F`` in place of the Hessian: Kronecker-factored,
+    ``0.5 tr(dW C dW^T G)``, when the input moment ``C`` and the output-gradient
+    moment ``G`` are given (K-FAC), else diagonal, ``0.5 sum F_ij dW_ij**2``,
+    with the mean squared gradients ``importance``.
+
+    Parameters
+    ----------
+    weight, approximation : array-like of shape (m, n)
+        A layer's weight ``W`` (``nn.Linear`` orientation) and its replacement.
+    importance : array-like of shape (m, n), optional
+        Diagonal empirical Fisher (:func:`~sklearn_wsvd.compress.fisher_importance`).
+    input_moment : array-like of shape (n, n), optional
+        ``C``, the second moment of the layer's inputs.
+    output_gradient_moment : array-like of shape (m, m), optional
+        ``G``, the second moment of the gradients w.r.t. the layer's outputs.
+
+    Returns
+    -------
+    increase : float
+        In units of the loss.
+    """
+    W = _float64(weight)
+    dW = W - _float64(approximation).to(W.device)
+    if input_moment is not None and output_gradient_moment is not None:
+        C = _float64(input_moment).to(W.device)
+        G = _float64(output_gradient_moment).to(W.device)
+        return float(0.5 * ((G @ dW @ C) * dW).sum())
+    if importance is None:
+        raise ValueError(
+            "give importance (a diagonal Fisher), or both input_moment and "
+            "output_gradient_moment (K-FAC)."
+        )
+    return float(0.5 * (_float64(importance).to(W.device) * dW.square()).sum())
+
+
+def truncated(weight, rank: int) -> torch.Tensor:
+    """The best rank-``rank`` approximation of ``weight`` (plain truncated SVD), float64."""
+    U, S, Vt = torch.linalg.svd(_float64(weight), full_matrices=False)
+    return (U[:, :rank] * S[:rank]) @ Vt[:rank]
+
+
+def svd_risk(
+    weight,
+    importance=None,
+    rank: int | None = None,
+    *,
+    input_moment=None,
+    output_gradient_moment=None,
+) -> float:
     """Predicted increase of the loss when plain SVD replaces ``weight`` by its rank-``rank`` part.
 
-    ``0.5 * sum_ij F_ij (W_ij - SVD_k(W)_ij)**2``: the second-order Taylor estimate
-    of the loss change with the diagonal empirical Fisher ``F`` (the mean squared
-    gradient, as :func:`~sklearn_wsvd.compress.fisher_importance` returns) in
-    place of the Hessian. Unlike the plain relative error it weighs what the
-    truncation throws away by how much the loss cares, so it is comparable across
-    layers and models: a large value says that plain SVD will cost accuracy in
-    this layer and that a weighted solver (or a larger rank) is needed there.
+    :func:`loss_estimate` of the truncated SVD: in the Kronecker-factored
+    currency ``0.5 tr(dW C dW^T G)`` when the input moment ``C`` and the
+    output-gradient moment ``G`` are given, else with the diagonal Fisher
+    ``importance``. Unlike the plain relative error it weighs what the truncation
+    throws away by how much the loss cares, so it is comparable across layers
+    and models: a large value says that plain SVD will cost accuracy in this
+    layer and that a calibrated method (or a larger rank) is needed there.
 
     Parameters
     ----------
     weight : array-like of shape (m, n)
         A layer's weight matrix.
-    importance : array-like of shape (m, n)
+    importance : array-like of shape (m, n), optional
         Its diagonal Fisher information (non-negative).
     rank : int
         Rank of the truncated SVD.
+    input_moment, output_gradient_moment : array-like, optional
+        The K-FAC factors, as in :func:`loss_estimate`.
 
     Returns
     -------
@@ -63,6 +151,12 @@ def svd_risk(weight, importance, rank: int) -> float:
     >>> svd_risk(W, np.ones((3, 3)), rank=2)  # the dropped singular value, squared, halved
     0.5
     """
-    est = WeightedTruncatedSVD(rank, solver="svd", dtype="float64", device="cpu")
-    est.fit(weight, sample_weight=importance)
-    return 0.5 * est.reconstruction_err_**2
+    if rank is None:
+        raise ValueError("svd_risk needs the rank of the truncated SVD.")
+    return loss_estimate(
+        weight,
+        truncated(weight, rank),
+        importance=importance,
+        input_moment=input_moment,
+        output_gradient_moment=output_gradient_moment,
+    )

@@ -3,33 +3,43 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from numbers import Integral, Real
 
-import numpy as np
 import torch
 from joblib import Parallel, delayed
-from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._estimator import WeightedTruncatedSVD
-from .._solvers.closed_form import rank_one_approximation
+from .._whitening import metric_root
+from ..metrics import loss_estimate, output_error, truncated
 from ._targets import find_targets
-from .layers import LowRankLinear, dense_weight
+from .calibration import LayerStatistics
+from .layers import LowRankLinear, dense_weight, linear_shape
+from .methods import DEFAULT_DAMPING, METHODS, get_method
+
+# The default method: the one that measured best (benchmarks/bench_compression.py).
+DEFAULT_METHOD = "kfac"
+# A factorised layer must save at least this fraction of its weights, or it stays dense:
+# a second matmul for a few percent is a loss in speed.
+DEFAULT_MIN_SAVING = 0.1
 
 
 @dataclass
 class LayerReport:
-    """What happened to one layer. Errors are ``0.5 * sum F (W - W_hat)**2``.
+    """What happened to one layer.
 
-    With Fisher importance ``F`` (the mean squared gradient) the errors are the
-    predicted increase of the loss; without importance ``F = 1``. ``svd_error`` is
-    the plain truncated SVD's at the same rank, which is the layer's SVD risk
-    (:func:`sklearn_wsvd.metrics.svd_risk`). ``rank`` is None for a layer left
-    dense because factorising it would not save parameters.
+    ``rank`` is None for a layer left dense (factorising it would save less than
+    ``min_saving``). Errors compare the layer's weight ``W`` with its replacement
+    ``W'``; the ``svd_`` fields are those of plain truncated SVD at the same rank
+    (the layer's SVD risk). ``output_error`` is ``|(W - W') X| / |W X|`` on the
+    calibration inputs ``X``; ``loss_estimate`` the predicted loss increase,
+    ``0.5 tr(dW C dW^T G)`` with K-FAC's curvature when output gradients were
+    collected, else ``0.5 sum F dW**2`` with the diagonal Fisher ``F``. Fields
+    whose statistics were not collected are None.
     """
 
     name: str
@@ -37,88 +47,216 @@ class LayerReport:
     rank: int | None
     params_before: int
     params_after: int
-    svd_error: float
-    error: float
+    method: str
     solver: str
     seconds: float
+    relative_error: float = 0.0
+    svd_relative_error: float = 0.0
+    output_error: float | None = None
+    svd_output_error: float | None = None
+    loss_estimate: float | None = None
+    svd_loss_estimate: float | None = None
 
 
 @dataclass
 class CompressionReport:
-    """Per-layer report of :func:`compress_model`, printable as a table."""
+    """Per-layer report of :func:`compress_model`, with the whole model's parameter counts.
+
+    ``to_dict()`` (JSON-ready), ``to_pandas()`` (one row per layer) and ``str()``
+    (a table that fits 100 columns) are views of the same data.
+    """
 
     layers: list[LayerReport] = field(default_factory=list)
+    method: str = ""
+    model_params_before: int = 0
+    model_params_after: int = 0
+    seconds: float = 0.0
 
     @property
     def params_before(self) -> int:
+        """Weights of the target layers before compression."""
         return sum(r.params_before for r in self.layers)
 
     @property
     def params_after(self) -> int:
+        """Weights of the target layers after compression."""
         return sum(r.params_after for r in self.layers)
 
     def to_dicts(self) -> list[dict]:
         return [asdict(r) for r in self.layers]
 
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "model_params_before": self.model_params_before,
+            "model_params_after": self.model_params_after,
+            "target_params_before": self.params_before,
+            "target_params_after": self.params_after,
+            "seconds": self.seconds,
+            "layers": self.to_dicts(),
+        }
+
+    def to_pandas(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.to_dicts())
+
     def __str__(self) -> str:
+        def num(x, width):
+            return f"{'-' if x is None else format(x, '.3g'):>{width}}"
+
         head = (
-            f"{'layer':<48} {'shape':>11} {'rank':>5} {'params':>17} "
-            f"{'SVD error':>10} {'error':>10} {'solver':>7} {'s':>6}"
+            f"{'layer':<32} {'shape':>9} {'rank':>5} {'kept':>6} {'relerr':>6} {'outerr':>6} "
+            f"{'(svd)':>6} {'loss':>8} {'(svd)':>8} {'s':>5}"
         )
         lines = [head, "-" * len(head)]
         for r in self.layers:
+            name = r.name if len(r.name) <= 32 else "..." + r.name[-29:]
             shape = f"{r.shape[0]}x{r.shape[1]}"
-            rank = "dense" if r.rank is None else str(r.rank)
-            params = f"{r.params_before}->{r.params_after}"
             lines.append(
-                f"{r.name[-48:]:<48} {shape:>11} {rank:>5} {params:>17} "
-                f"{r.svd_error:>10.3g} {r.error:>10.3g} {r.solver:>7} {r.seconds:>6.2f}"
+                f"{name:<32} {shape:>9} {'dense' if r.rank is None else r.rank:>5} "
+                f"{r.params_after / r.params_before:>6.1%} {num(r.relative_error, 6)} "
+                f"{num(r.output_error, 6)} {num(r.svd_output_error, 6)} "
+                f"{num(r.loss_estimate, 8)} {num(r.svd_loss_estimate, 8)} {r.seconds:>5.1f}"
             )
-        kept = self.params_after / max(self.params_before, 1)
         lines.append(
-            f"total: {self.params_before} -> {self.params_after} parameters in the "
-            f"compressed layers ({kept:.1%} kept); predicted loss increase "
-            f"{sum(r.error for r in self.layers):.4g} (plain SVD: "
-            f"{sum(r.svd_error for r in self.layers):.4g})"
+            "relerr |W-W'|/|W|; outerr |(W-W')X|/|WX| on the calibration inputs; loss: "
+            "predicted loss"
         )
+        lines.append("increase; (svd): plain SVD at the same rank; s: seconds")
+        target = self.params_after / max(self.params_before, 1)
+        model = self.model_params_after / max(self.model_params_before, 1)
+        lines.append(
+            f"method {self.method!r}: target layers {self.params_before:,} -> "
+            f"{self.params_after:,} weights ({target:.1%} kept)"
+        )
+        lines.append(
+            f"whole model {self.model_params_before:,} -> {self.model_params_after:,} "
+            f"parameters ({model:.1%} kept), {self.seconds:.1f} s"
+        )
+        losses = [r.loss_estimate for r in self.layers if r.loss_estimate is not None]
+        if losses:
+            svd = sum(r.svd_loss_estimate for r in self.layers if r.svd_loss_estimate is not None)
+            lines.append(f"predicted loss increase {sum(losses):.4g} (plain SVD: {svd:.4g})")
         return "\n".join(lines)
 
 
-def max_saving_rank(m: int, n: int) -> int:
-    """Largest rank whose factors, k (m + n) weights, are fewer than the dense m n."""
-    return (m * n - 1) // (m + n)
+def max_saving_rank(m: int, n: int, min_saving: float = 0.0) -> int:
+    """Largest rank whose factors, ``k (m + n)`` weights, save ``min_saving`` of the dense ``m n``.
 
-
-def _uniform_ranks(shapes, ratio):
-    return {name: max(1, int(ratio * m * n / (m + n))) for name, (m, n) in shapes.items()}
-
-
-def allocate_ranks(weights, importance, budget) -> dict[str, int]:
-    """Spread ``budget`` weights over the layers where they lower the weighted error most.
-
-    Each layer's error as a function of its rank is read off one SVD of its
-    weight scaled by the rank-one model of its importance (exact when the
-    importance has rank one): rank ``k + 1`` removes ``0.5 s_{k+1}**2`` at the
-    cost of ``m + n`` weights. Taking the best gains per weight first is optimal
-    for these separable, convex error curves. Every layer keeps rank 1 or more and
-    at most the largest rank that still saves weights.
+    With ``min_saving=0`` the largest rank with fewer weights than the dense layer.
     """
+    return max(0, math.ceil((1.0 - min_saving) * m * n / (m + n)) - 1)
+
+
+def statistics_from_importance(importance, shapes) -> dict[str, LayerStatistics]:
+    """Wrap a dict of diagonal-Fisher arrays (``fisher_importance``'s output) as statistics."""
+    missing = [n for n in shapes if n not in importance]
+    if missing:
+        raise ValueError(f"importance has no entry for the target layers {missing}.")
+    out = {}
+    for name, shape in shapes.items():
+        F = torch.as_tensor(importance[name]).detach().to(torch.float64)
+        if tuple(F.shape) != tuple(shape):
+            raise ValueError(
+                f"importance[{name!r}] has shape {tuple(F.shape)}, but the layer's weight is "
+                f"{tuple(shape)} (out_features, in_features)."
+            )
+        out[name] = LayerStatistics(tuple(shape), fisher_sum=F, n_losses=1)
+    return out
+
+
+def _curve(weight, stats, damping):
+    """Gains of each rank of a layer, in units comparable across layers.
+
+    With input and output-gradient statistics, the K-FAC loss estimate (exact for
+    the "kfac" method): ``0.5 s_i**2`` of ``G^{1/2} W C^{1/2}``. With inputs only,
+    the output error relative to the layer's output energy, so every layer counts
+    alike. With a diagonal Fisher only, ``0.5 s_i**2`` of the weight scaled by the
+    Fisher's rank-one model (exact when it has rank one). Without statistics the
+    relative Frobenius error.
+    """
+    from .._solvers.closed_form import rank_one_approximation
+
+    X = weight.detach().to(torch.float64)
+
+    def has(kind):
+        return stats is not None and stats.has(kind)
+
+    if has("inputs"):
+        C, _ = metric_root(stats.input_second_moment.to(X.device), damping, "input moment")
+        X = X @ C
+        if has("output_gradients"):
+            G = stats.output_gradient_moment.to(X.device)
+            if (G != 0).any():
+                R, _ = metric_root(G, damping, "output-gradient moment")
+                return 0.5 * torch.linalg.svdvals(R @ X).square()
+        s2 = torch.linalg.svdvals(X).square()
+        return s2 / s2.sum().clamp_min(torch.finfo(s2.dtype).tiny)
+    if has("fisher"):
+        a, b = rank_one_approximation(stats.fisher.to(X.device))
+        return 0.5 * torch.linalg.svdvals(a.sqrt()[:, None] * X * b.sqrt()).square()
+    s2 = torch.linalg.svdvals(X).square()
+    return s2 / s2.sum().clamp_min(torch.finfo(s2.dtype).tiny)
+
+
+def allocate_ranks(
+    weights,
+    statistics=None,
+    budget: int | None = None,
+    *,
+    min_saving: float = 0.0,
+    metric_damping: float = DEFAULT_DAMPING,
+) -> dict[str, int]:
+    """Spread ``budget`` weights over the layers where they lower the predicted damage most.
+
+    Each layer's damage as a function of its rank is read off one SVD (see the
+    currencies below): rank ``k + 1`` removes the ``k + 1``-th gain at the cost of
+    ``m + n`` weights. Taking the best gains per weight first is optimal for these
+    separable, convex curves. Every layer keeps rank 1 or more and at most the
+    largest rank that still saves ``min_saving`` of its weights.
+
+    The currency follows the statistics: with inputs and output gradients the
+    K-FAC loss estimate of the Kronecker closed form; with inputs only the
+    relative output error; with a diagonal Fisher (a dict of arrays, as
+    :func:`fisher_importance` returns, or statistics) its rank-one model's loss
+    estimate; with none the relative Frobenius error.
+
+    Parameters
+    ----------
+    weights : dict of str to array-like of shape (m, n)
+        Layer weights in ``nn.Linear`` orientation.
+    statistics : dict of str to LayerStatistics or to arrays, optional
+        Calibration statistics, or diagonal Fisher importance.
+    budget : int
+        Total number of weights of the factorised layers.
+    min_saving : float, default=0.0
+        Each layer's rank saves at least this fraction of its weights.
+    metric_damping : float, default=0.01
+        Damping of the metrics, as in the methods.
+
+    Returns
+    -------
+    ranks : dict of str to int
+    """
+    weights = {n: torch.as_tensor(w) for n, w in weights.items()}
+    shapes = {n: tuple(w.shape) for n, w in weights.items()}
+    if statistics is not None and not all(
+        isinstance(s, LayerStatistics) for s in statistics.values()
+    ):
+        statistics = statistics_from_importance(statistics, shapes)
     gains = []
     ranks = {}
     spent = 0
     for name, W in weights.items():
-        m, n = W.shape
-        X = torch.as_tensor(W, dtype=torch.float64)
-        if importance is not None:
-            F = torch.as_tensor(importance[name], dtype=torch.float64)
-            a, b = rank_one_approximation(F)
-            X = a.sqrt()[:, None] * X * b.sqrt()
-        s = torch.linalg.svdvals(X).numpy()
+        m, n = shapes[name]
+        curve = _curve(W, None if statistics is None else statistics.get(name), metric_damping)
+        curve = curve.cpu().tolist()
         ranks[name] = 1
         spent += m + n
-        top = max(1, max_saving_rank(m, n))
-        gains.extend((0.5 * s[k] ** 2 / (m + n), name, m + n) for k in range(1, top))
-    if spent > budget:
+        top = max(1, max_saving_rank(m, n, min_saving))
+        gains.extend((curve[k] / (m + n), name, m + n) for k in range(1, min(top, len(curve))))
+    if budget is None or spent > budget:
         raise ValueError(
             f"param_budget={budget} is below {spent}, the cost of rank 1 in every target layer."
         )
@@ -130,43 +268,72 @@ def allocate_ranks(weights, importance, budget) -> dict[str, int]:
     return ranks
 
 
-def _factorise(name, W, F, rank, solver, risk_threshold, params):
-    """One layer's job (numpy in, numpy out, so that any joblib backend can run it).
+def _errors(W, W_hat, stats):
+    """Relative, output and loss-estimate errors of ``W_hat`` for ``W`` (float64 tensors)."""
+    out = {"relative_error": float((W - W_hat).norm() / W.norm().clamp_min(1e-300))}
+    if stats is None:
+        return out
+    if stats.has("inputs"):
+        C = stats.input_second_moment
+        out["output_error"] = output_error(W, W_hat, C)
+        if stats.has("output_gradients"):
+            G = stats.output_gradient_moment
+            out["loss_estimate"] = loss_estimate(
+                W, W_hat, input_moment=C, output_gradient_moment=G
+            )
+            return out
+    if stats.has("fisher"):
+        out["loss_estimate"] = loss_estimate(W, W_hat, importance=stats.fisher)
+    return out
 
-    The fit runs on ``W.T`` (in_features x out_features), the orientation of the
-    FWSVD and TFWSVD papers, so that "fwsvd" weighs each input feature. Below
-    ``risk_threshold`` the layer gets the "rank1" closed form instead of ``solver``.
-    """
+
+def _factorise(name, weight, stats, rank, method, options, risk_threshold):
+    """One layer's job (tensors in, tensors out, so that any joblib backend can run it)."""
     start = time.perf_counter()
-    m, n = W.shape
     if rank is None:
-        return name, None, None, 0.0, 0.0, "dense", time.perf_counter() - start
-    X, importance = W.T, None if F is None else F.T
-    plain = WeightedTruncatedSVD(rank, solver="svd", **params).fit(X, sample_weight=importance)
-    svd_risk = 0.5 * plain.reconstruction_err_**2
-    if risk_threshold is not None and importance is not None and svd_risk < risk_threshold:
-        solver = "rank1"
-    if solver == "svd":
-        est = plain
-        Z = plain.transform(X)
-    else:
-        est = WeightedTruncatedSVD(rank, solver=solver, **params)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            Z = est.fit_transform(X, sample_weight=importance)
-    # W ~ C^T Z^T; balance the two factors' scales for later fine-tuning.
-    scale = np.sqrt(np.linalg.norm(Z, axis=0)).clip(min=1e-12)
-    U = est.components_.T * scale
-    V = Z.T / scale[:, None]
-    return (
-        name,
-        U,
-        V,
-        svd_risk,
-        0.5 * est.reconstruction_err_**2,
-        est.solver_,
-        time.perf_counter() - start,
-    )
+        return name, None, None, "dense", {}, time.perf_counter() - start
+    W = weight.detach().to(torch.float64)
+    svd_errors = _errors(W, truncated(W, rank), stats)
+    if risk_threshold is not None and svd_errors["loss_estimate"] < risk_threshold:
+        options = {**options, "solver": "rank1"}
+    A, B, solver = get_method(method).factorise(weight.detach(), stats, rank, **options)
+    A, B = _balance(A.to(torch.float64), B.to(torch.float64))
+    errors = _errors(W, A @ B, stats)
+    errors.update({f"svd_{k}": v for k, v in svd_errors.items()})
+    return name, A, B, solver, errors, time.perf_counter() - start
+
+
+def _balance(A, B):
+    """Rescale ``A @ B``'s rank-one terms so that both factors' columns/rows have equal norms."""
+    scale = (B.norm(dim=1) / A.norm(dim=0).clamp_min(1e-300)).sqrt().clamp_min(1e-12)
+    return A * scale, B / scale[:, None]
+
+
+def _tied(model, names):
+    """Target layers whose weight is also another module's parameter (tied to an embedding)."""
+    owners = {}
+    for pname, p in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(p), set()).add(pname.rpartition(".")[0])
+    modules = dict(model.named_modules())
+    aliases = _aliases(model)
+    tied = []
+    for name in names:
+        others = owners[id(modules[name].weight)] - set(aliases[name])
+        if others:
+            tied.append((name, sorted(others)))
+    return tied
+
+
+def _aliases(model):
+    """Every name under which each module is registered (a shared module has several)."""
+    names = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), []).append(name)
+    return {name: names[id(module)] for name, module in model.named_modules()}
+
+
+def _count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def compress_model(
@@ -174,19 +341,23 @@ def compress_model(
     rank=None,
     ratio=None,
     param_budget=None,
+    *,
+    method: str = "auto",
+    statistics: dict | None = None,
     importance: dict | None = None,
-    solver: str = "auto",
     target_modules=None,
     exclude_modules=None,
-    *,
+    filter_fn=None,
+    min_saving: float = DEFAULT_MIN_SAVING,
+    metric_damping: float = DEFAULT_DAMPING,
+    solver: str = "auto",
+    risk_threshold: float | None = None,
     inplace: bool = False,
     n_jobs: int | None = None,
     progress: bool = True,
-    filter_fn=None,
-    risk_threshold: float | None = None,
     **params,
 ):
-    """Replace the targeted linear layers by weighted low-rank factorisations.
+    """Replace the targeted linear layers by low-rank factorisations fitted to their statistics.
 
     Give exactly one of ``rank``, ``ratio`` or ``param_budget``.
 
@@ -200,131 +371,217 @@ def compress_model(
     ratio : float in (0, 1], optional
         Fraction of each layer's weights to keep: rank ``ratio * m n / (m + n)``.
     param_budget : int or float, optional
-        Weights to keep over all target layers together, as a count (int) or as a
-        fraction of their total (float in (0, 1]); ranks are allocated across
-        layers where they lower the weighted error most (:func:`allocate_ranks`).
+        Weights to keep over all target layers together: a count (an int) or a
+        fraction of their total (a float in (0, 1]). Ranks go where they lower the
+        predicted damage most (:func:`allocate_ranks`): with the K-FAC loss
+        estimate when output gradients were collected.
+    method : str, default="auto"
+        A name of :data:`~sklearn_wsvd.compress.METHODS`: "svd", "fwsvd",
+        "fisher-rank1", "tfwsvd", "asvd", "svd-llm" or "kfac". "auto" picks the
+        default ("kfac") when its statistics were collected, else the best that
+        the statistics allow ("svd-llm" with inputs only, "tfwsvd" with a Fisher
+        only, "svd" without statistics).
+    statistics : dict of str to LayerStatistics, optional
+        From :func:`collect_statistics` over calibration batches.
     importance : dict of str to tensor, optional
-        Per-layer importance in ``nn.Linear`` orientation, as returned by
-        :func:`fisher_importance`. None means uniform (plain SVD).
-    solver : str, default="auto"
-        Solver of :class:`~sklearn_wsvd.WeightedTruncatedSVD` for every layer.
+        A diagonal Fisher per layer (:func:`fisher_importance`), for the Fisher
+        methods: a shorthand for statistics holding only that.
     target_modules, exclude_modules : str, list of str or None
         A regex on the whole name, or exact names / dotted suffixes; exclusions
-        win; the output head is skipped; an empty match is an error.
+        win; the output head is skipped; an empty match is an error. Layers
+        whose weight is tied to another module's are skipped with a warning.
+    filter_fn : callable, optional
+        ``filter_fn(module, name) -> bool``, a further choice of layers.
+    min_saving : float, default=0.1
+        A layer is factorised only if that saves at least this fraction of its
+        weights; otherwise it stays dense (and the report says so).
+    metric_damping : float, default=0.01
+        Damping of the input and output-gradient metrics, relative to their mean
+        eigenvalue (see :class:`~sklearn_wsvd.WeightedTruncatedSVD`).
+    solver : str, default="auto"
+        Solver of the element-wise "tfwsvd" method.
+    risk_threshold : float, optional
+        With "tfwsvd", spend the iterative solver only where it matters: a layer
+        whose SVD risk (the predicted loss increase of plain SVD at its rank) is
+        below this gets the cheap "rank1" closed form instead.
     inplace : bool, default=False
-        Modify ``model`` itself instead of a deep copy.
+        Modify ``model`` itself. Otherwise a copy is compressed; its target
+        weights are not copied (they are replaced), so the copy costs only the
+        other parameters.
     n_jobs : int or None, default=None
         Layers are independent joblib jobs; None follows the active
         ``joblib.parallel_config`` (a dask cluster, say), else runs them in turn.
     progress : bool, default=True
         Show a progress bar over the layers.
-    filter_fn : callable, optional
-        ``filter_fn(module, name) -> bool``, a further choice of layers.
-    risk_threshold : float, optional
-        Spend ``solver`` only where it matters: a layer whose SVD risk (the
-        predicted loss increase of plain SVD at its rank,
-        :func:`sklearn_wsvd.metrics.svd_risk`) is below this gets the cheap
-        "rank1" closed form instead. Needs ``importance``.
     **params
-        Other parameters of the estimator (``max_iter``, ``tol``, ``device``,
-        ``dtype``...).
+        Other parameters of :class:`~sklearn_wsvd.WeightedTruncatedSVD`
+        (``max_iter``, ``tol``, ``device``, ``dtype``...).
 
     Returns
     -------
     model : nn.Module
         The compressed model (``model`` itself when ``inplace``).
     report : CompressionReport
-        One row per target layer.
+        One row per target layer, and the whole model's parameter counts.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_wsvd.compress import collect_statistics, compress_model
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> model = torch.nn.Sequential(
+    ...     torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)
+    ... )
+    >>> stats = collect_statistics(model, [(torch.randn(256, 64),)])
+    >>> small, report = compress_model(model, ratio=0.25, statistics=stats, progress=False)
+    >>> report.method, [r.rank for r in report.layers]
+    ('svd-llm', [8, None])
     """
+    start = time.perf_counter()
     if sum(x is not None for x in (rank, ratio, param_budget)) != 1:
         raise ValueError("Give exactly one of rank, ratio or param_budget.")
     if ratio is not None and not (isinstance(ratio, Real) and 0 < ratio <= 1):
         raise ValueError(f"ratio must be a number in (0, 1], got {ratio!r}.")
+    if not (isinstance(min_saving, Real) and 0 <= min_saving < 1):
+        raise ValueError(f"min_saving must be a fraction in [0, 1), got {min_saving!r}.")
+    if statistics is not None and importance is not None:
+        raise ValueError("Give statistics or importance, not both.")
     names = find_targets(model, target_modules, exclude_modules, filter_fn=filter_fn)
-    modules = dict(model.named_modules())
-    weights = {n: dense_weight(modules[n]).detach().float().cpu().numpy() for n in names}
-    shapes = {n: w.shape for n, w in weights.items()}
-    F = None
-    if importance is not None:
-        missing = [n for n in names if n not in importance]
-        if missing:
-            raise ValueError(f"importance has no entry for the target layers {missing}.")
-        F = {n: torch.as_tensor(importance[n]).float().cpu().numpy() for n in names}
-        for n in names:
-            if F[n].shape != shapes[n]:
-                raise ValueError(
-                    f"importance[{n!r}] has shape {F[n].shape}, but the layer's weight is "
-                    f"{shapes[n]} (out_features, in_features)."
-                )
-    ranks = _resolve_ranks(rank, ratio, param_budget, weights, F, shapes)
-    jobs = []
-    for n in names:
-        m, k_in = shapes[n]
-        k = ranks[n]
-        if k < 1:
-            raise ValueError(f"rank {k} for layer {n!r} must be at least 1.")
-        dense = k * (m + k_in) >= m * k_in  # also every k >= min(m, n)
-        jobs.append(
-            delayed(_factorise)(
-                n,
-                weights[n],
-                None if F is None else F[n],
-                None if dense else k,
-                solver,
-                risk_threshold,
-                params,
-            )
+    tied = _tied(model, names)
+    if tied:
+        warnings.warn(
+            "Skipping layers whose weight is tied to another module's (factorising them "
+            "would break the tie): " + "; ".join(f"{n} (tied to {', '.join(o)})" for n, o in tied),
+            UserWarning,
+            stacklevel=2,
         )
+        names = [n for n in names if n not in {t for t, _ in tied}]
+        if not names:
+            raise ValueError("Every target layer is tied to another module: nothing to compress.")
+    modules = dict(model.named_modules())
+    shapes = {n: linear_shape(modules[n]) for n in names}
+    if importance is not None:
+        statistics = statistics_from_importance(importance, shapes)
+    if statistics is not None:
+        missing = [n for n in names if n not in statistics]
+        if missing:
+            raise ValueError(f"statistics has no entry for the target layers {missing}.")
+        statistics = {n: statistics[n] for n in names}
+    method = _resolve_method(method, statistics)
+    if risk_threshold is not None and method != "tfwsvd":
+        raise ValueError(
+            f"risk_threshold applies to the iterative 'tfwsvd' method only, not {method!r}."
+        )
+    weights = {n: dense_weight(modules[n]) for n in names}
+    ranks = _resolve_ranks(
+        rank, ratio, param_budget, weights, statistics, shapes, min_saving, metric_damping
+    )
+    options = dict(params)
+    if method in ("svd-llm", "kfac"):
+        options["metric_damping"] = metric_damping
+    if method == "tfwsvd":
+        options["solver"] = solver
+    plan = {n: _check_rank(n, ranks[n], shapes[n], min_saving) for n in names}
     if not inplace:
-        model = copy.deepcopy(model)
-        modules = dict(model.named_modules())
+        # The weights of the layers to replace are not copied: the copy costs the rest only.
+        memo = {id(weights[n]): weights[n] for n in names if plan[n] is not None}
+        model = copy.deepcopy(model, memo)
+    # A generator: joblib takes the layers one by one, so only a few are in flight at once.
+    jobs = (
+        delayed(_factorise)(
+            n,
+            weights[n],
+            None if statistics is None else statistics[n],
+            plan[n],
+            method,
+            options,
+            risk_threshold,
+        )
+        for n in names
+    )
+    aliases = _aliases(model)
+    report = CompressionReport(method=method, model_params_before=_count(model))
     results = Parallel(n_jobs=n_jobs, return_as="generator")(jobs)
-    report = CompressionReport()
-    for name, U, V, svd_err, err, used, seconds in tqdm(
-        results, total=len(jobs), desc="compress", disable=not progress
+    for name, A, B, used, errors, seconds in tqdm(
+        results, total=len(names), desc="compress", disable=not progress
     ):
-        old = modules[name]
         m, n = shapes[name]
-        if U is None:
-            report.layers.append(
-                LayerReport(name, (m, n), None, m * n, m * n, 0.0, 0.0, used, seconds)
-            )
+        old = modules[name]
+        if A is None:
+            report.layers.append(LayerReport(name, (m, n), None, m * n, m * n, method, used, 0.0))
             continue
         weight = dense_weight(old)
-        new = LowRankLinear.from_factors(
-            torch.as_tensor(U).to(weight), torch.as_tensor(V).to(weight), old.bias
-        )
-        _set_submodule(model, name, new)
+        new = LowRankLinear.from_factors(A.to(weight), B.to(weight), old.bias)
+        new.train(old.training)
+        for alias in aliases[name]:
+            _set_submodule(model, alias, new)
+        k = A.shape[1]
         report.layers.append(
-            LayerReport(
-                name, (m, n), U.shape[1], m * n, U.shape[1] * (m + n), svd_err, err, used, seconds
-            )
+            LayerReport(name, (m, n), k, m * n, k * (m + n), method, used, seconds, **errors)
         )
+    report.model_params_after = _count(model)
+    report.seconds = time.perf_counter() - start
     return model, report
 
 
-def _resolve_ranks(rank, ratio, param_budget, weights, F, shapes):
+def _resolve_method(method, statistics):
+    if method != "auto":
+        spec = get_method(method)
+        missing = [
+            kind
+            for kind in spec.needs
+            if statistics is None or not all(s.has(kind) for s in statistics.values())
+        ]
+        if missing:
+            raise ValueError(
+                f"method {method!r} needs {missing} statistics: collect them with "
+                f"collect_statistics(model, batches, collect={list(spec.needs)!r}) and pass "
+                "statistics=..."
+            )
+        return method
+    for candidate in (DEFAULT_METHOD, "svd-llm", "tfwsvd", "svd"):
+        needs = METHODS[candidate].needs
+        if statistics is None and not needs:
+            return candidate
+        if statistics is not None and all(s.has(k) for s in statistics.values() for k in needs):
+            return candidate
+    return "svd"
+
+
+def _check_rank(name, k, shape, min_saving):
+    """The rank to factorise at, or None to leave the layer dense."""
+    m, n = shape
+    if k < 1:
+        raise ValueError(f"rank {k} for layer {name!r} must be at least 1.")
+    return None if k > max_saving_rank(m, n, min_saving) else k
+
+
+def _resolve_ranks(rank, ratio, param_budget, weights, statistics, shapes, min_saving, damping):
     if rank is not None:
         if isinstance(rank, dict):
             missing = [n for n in shapes if n not in rank]
             if missing:
                 raise ValueError(f"rank has no entry for the target layers {missing}.")
             return {n: int(rank[n]) for n in shapes}
-        if not isinstance(rank, Integral) or rank < 1:
+        if not isinstance(rank, Integral) or isinstance(rank, bool) or rank < 1:
             raise ValueError(f"rank must be a positive integer or a dict, got {rank!r}.")
         return dict.fromkeys(shapes, int(rank))
     if ratio is not None:
-        return _uniform_ranks(shapes, ratio)
+        return {name: max(1, int(ratio * m * n / (m + n))) for name, (m, n) in shapes.items()}
     total = sum(m * n for m, n in shapes.values())
-    if isinstance(param_budget, Integral) and param_budget > 1:
+    if isinstance(param_budget, Integral) and not isinstance(param_budget, bool):
         budget = int(param_budget)
     elif isinstance(param_budget, Real) and 0 < param_budget <= 1:
         budget = int(param_budget * total)
     else:
         raise ValueError(
-            f"param_budget must be a count (int > 1) or a fraction in (0, 1], got {param_budget!r}."
+            "param_budget must be a count of weights (an int) or a fraction of the target "
+            f"layers' weights (a float in (0, 1]), got {param_budget!r}."
         )
-    return allocate_ranks(weights, F, budget)
+    return allocate_ranks(
+        weights, statistics, budget, min_saving=min_saving, metric_damping=damping
+    )
 
 
 def _set_submodule(model, name, module):
