@@ -6,6 +6,7 @@ import copy
 import math
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from numbers import Integral, Real
 
@@ -16,8 +17,9 @@ from tqdm.auto import tqdm
 
 from .._whitening import metric_root
 from ..metrics import loss_estimate, output_error, truncated
+from ._sequential import corrected, layer_statistics, paired_errors, paired_inputs, stages
 from ._targets import find_targets
-from .calibration import LayerStatistics
+from .calibration import LayerStatistics, collect_statistics
 from .layers import LowRankLinear, dense_weight, linear_shape
 from .methods import DEFAULT_DAMPING, METHODS, get_method
 
@@ -278,9 +280,7 @@ def _errors(W, W_hat, stats):
         out["output_error"] = output_error(W, W_hat, C)
         if stats.has("output_gradients"):
             G = stats.output_gradient_moment
-            out["loss_estimate"] = loss_estimate(
-                W, W_hat, input_moment=C, output_gradient_moment=G
-            )
+            out["loss_estimate"] = loss_estimate(W, W_hat, input_moment=C, output_gradient_moment=G)
             return out
     if stats.has("fisher"):
         out["loss_estimate"] = loss_estimate(W, W_hat, importance=stats.fisher)
@@ -344,6 +344,9 @@ def compress_model(
     *,
     method: str = "auto",
     statistics: dict | None = None,
+    batches=None,
+    loss_fn=None,
+    sequential: bool = False,
     importance: dict | None = None,
     target_modules=None,
     exclude_modules=None,
@@ -378,11 +381,22 @@ def compress_model(
     method : str, default="auto"
         A name of :data:`~sklearn_wsvd.compress.METHODS`: "svd", "fwsvd",
         "fisher-rank1", "tfwsvd", "asvd", "svd-llm" or "kfac". "auto" picks the
-        default ("kfac") when its statistics were collected, else the best that
-        the statistics allow ("svd-llm" with inputs only, "tfwsvd" with a Fisher
-        only, "svd" without statistics).
+        default ("kfac") when its statistics are there (or the batches have a
+        loss), else the best that they allow ("svd-llm" with inputs only,
+        "tfwsvd" with a Fisher only, "svd" without statistics).
     statistics : dict of str to LayerStatistics, optional
         From :func:`collect_statistics` over calibration batches.
+    batches : sequence, optional
+        Calibration batches, as for :func:`collect_statistics`. Without
+        ``statistics``, they are collected from these (what ``method`` needs).
+        Needed by ``sequential``.
+    loss_fn : callable, optional
+        For ``(inputs, targets)`` batches, as in :func:`collect_statistics`.
+    sequential : bool, default=False
+        Fit block by block (:func:`stages`), each block to the inputs that the
+        already-compressed blocks give it, so that later layers correct earlier
+        errors (GPTQ, SVD-LLM's update). For methods that use the inputs
+        ("asvd", "svd-llm", "kfac"); passes over ``batches`` twice per block.
     importance : dict of str to tensor, optional
         A diagonal Fisher per layer (:func:`fisher_importance`), for the Fisher
         methods: a shorthand for statistics holding only that.
@@ -427,16 +441,16 @@ def compress_model(
     Examples
     --------
     >>> import torch
-    >>> from sklearn_wsvd.compress import collect_statistics, compress_model
+    >>> from sklearn_wsvd.compress import compress_model
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
     <torch._C.Generator object at ...>
     >>> model = torch.nn.Sequential(
     ...     torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)
     ... )
-    >>> stats = collect_statistics(model, [(torch.randn(256, 64),)])
-    >>> small, report = compress_model(model, ratio=0.25, statistics=stats, progress=False)
+    >>> batches = [(torch.randn(256, 64),)]  # unlabelled calibration data
+    >>> small, report = compress_model(model, ratio=0.25, batches=batches, progress=False)
     >>> report.method, [r.rank for r in report.layers]
-    ('svd-llm', [8, None])
+    ('svd-llm', [8, 1])
     """
     start = time.perf_counter()
     if sum(x is not None for x in (rank, ratio, param_budget)) != 1:
@@ -447,22 +461,27 @@ def compress_model(
         raise ValueError(f"min_saving must be a fraction in [0, 1), got {min_saving!r}.")
     if statistics is not None and importance is not None:
         raise ValueError("Give statistics or importance, not both.")
-    names = find_targets(model, target_modules, exclude_modules, filter_fn=filter_fn)
-    tied = _tied(model, names)
-    if tied:
-        warnings.warn(
-            "Skipping layers whose weight is tied to another module's (factorising them "
-            "would break the tie): " + "; ".join(f"{n} (tied to {', '.join(o)})" for n, o in tied),
-            UserWarning,
-            stacklevel=2,
+    if sequential and (batches is None or iter(batches) is batches):
+        raise ValueError(
+            "sequential=True needs the calibration batches as a sequence (a list): they are "
+            "passed over twice for every block."
         )
-        names = [n for n in names if n not in {t for t, _ in tied}]
-        if not names:
-            raise ValueError("Every target layer is tied to another module: nothing to compress.")
+    names = _untied_targets(model, target_modules, exclude_modules, filter_fn)
     modules = dict(model.named_modules())
     shapes = {n: linear_shape(modules[n]) for n in names}
     if importance is not None:
         statistics = statistics_from_importance(importance, shapes)
+    if statistics is None and batches is not None:
+        method = _method_for_batches(method, batches, loss_fn)
+        _check_sequential(sequential, method)
+        statistics = collect_statistics(
+            model,
+            batches,
+            collect=get_method(method).needs or ("inputs",),
+            loss_fn=loss_fn,
+            target_modules=names,
+            progress=progress,
+        )
     if statistics is not None:
         missing = [n for n in names if n not in statistics]
         if missing:
@@ -473,6 +492,7 @@ def compress_model(
         raise ValueError(
             f"risk_threshold applies to the iterative 'tfwsvd' method only, not {method!r}."
         )
+    _check_sequential(sequential, method)
     weights = {n: dense_weight(modules[n]) for n in names}
     ranks = _resolve_ranks(
         rank, ratio, param_budget, weights, statistics, shapes, min_saving, metric_damping
@@ -487,42 +507,130 @@ def compress_model(
         # The weights of the layers to replace are not copied: the copy costs the rest only.
         memo = {id(weights[n]): weights[n] for n in names if plan[n] is not None}
         model = copy.deepcopy(model, memo)
-    # A generator: joblib takes the layers one by one, so only a few are in flight at once.
-    jobs = (
-        delayed(_factorise)(
-            n,
-            weights[n],
-            None if statistics is None else statistics[n],
-            plan[n],
-            method,
-            options,
-            risk_threshold,
-        )
-        for n in names
-    )
-    aliases = _aliases(model)
     report = CompressionReport(method=method, model_params_before=_count(model))
-    results = Parallel(n_jobs=n_jobs, return_as="generator")(jobs)
-    for name, A, B, used, errors, seconds in tqdm(
-        results, total=len(names), desc="compress", disable=not progress
-    ):
-        m, n = shapes[name]
-        old = modules[name]
-        if A is None:
-            report.layers.append(LayerReport(name, (m, n), None, m * n, m * n, method, used, 0.0))
-            continue
-        weight = dense_weight(old)
-        new = LowRankLinear.from_factors(A.to(weight), B.to(weight), old.bias)
-        new.train(old.training)
-        for alias in aliases[name]:
-            _set_submodule(model, alias, new)
-        k = A.shape[1]
-        report.layers.append(
-            LayerReport(name, (m, n), k, m * n, k * (m + n), method, used, seconds, **errors)
+    replace = _Replacer(model)
+    stats = statistics or {}
+
+    def inputs(name, paired):
+        """The weight and statistics a layer is fitted to: with perturbed inputs if sequential."""
+        if name not in paired:
+            return weights[name], stats.get(name)
+        return (
+            corrected(weights[name], paired[name], metric_damping),
+            layer_statistics(stats.get(name), paired[name], shapes[name]),
         )
+
+    bar = tqdm(total=len(names), desc="compress", disable=not progress)
+    for stage in stages(model, names) if sequential else [names]:
+        paired = {}
+        if sequential:
+            todo = [n for n in stage if plan[n] is not None]
+            paired = paired_inputs(model, todo, replace.swap, batches, loss_fn) if todo else {}
+        # A generator: joblib takes the layers one by one, only a few are in flight at once.
+        jobs = (
+            delayed(_factorise)(n, *inputs(n, paired), plan[n], method, options, risk_threshold)
+            for n in stage
+        )
+        for name, A, B, used, errors, seconds in Parallel(n_jobs=n_jobs, return_as="generator")(
+            jobs
+        ):
+            bar.update()
+            m, n = shapes[name]
+            if A is None:
+                report.layers.append(
+                    LayerReport(name, (m, n), None, m * n, m * n, method, used, 0.0)
+                )
+                continue
+            if name in paired:
+                errors = _sequential_errors(weights[name], A, B, paired[name], stats.get(name))
+            replace(name, A, B)
+            k = A.shape[1]
+            report.layers.append(
+                LayerReport(name, (m, n), k, m * n, k * (m + n), method, used, seconds, **errors)
+            )
+    bar.close()
     report.model_params_after = _count(model)
     report.seconds = time.perf_counter() - start
     return model, report
+
+
+class _Replacer:
+    """Puts the low-rank layers into the model, under every name a module has; can swap back."""
+
+    def __init__(self, model):
+        self.model = model
+        self.modules = dict(model.named_modules())
+        self.aliases = _aliases(model)
+        self.done = {}
+
+    def __call__(self, name, A, B):
+        old = self.modules[name]
+        weight = dense_weight(old)
+        new = LowRankLinear.from_factors(A.to(weight), B.to(weight), old.bias)
+        new.train(old.training)
+        self.done[name] = (old, new)
+        self._set(name, new)
+
+    def swap(self, original: bool):
+        """The original layers (``original=True``) or their replacements, for those done."""
+        for name, pair in self.done.items():
+            self._set(name, pair[0] if original else pair[1])
+
+    def _set(self, name, module):
+        for alias in self.aliases[name]:
+            _set_submodule(self.model, alias, module)
+
+
+def _sequential_errors(weight, A, B, paired, stats):
+    """Report errors of a sequentially fitted layer: against ``W X``, from perturbed inputs."""
+    W = weight.detach().to(torch.float64)
+    W_hat, W_svd = A @ B, truncated(W, A.shape[1])
+    C = paired.original / max(paired.perturbed.n_tokens, 1)
+    residual, energy, n_tokens = paired_errors(W, W_hat, paired)
+    out = {
+        "relative_error": float((W - W_hat).norm() / W.norm().clamp_min(1e-300)),
+        "svd_relative_error": float((W - W_svd).norm() / W.norm().clamp_min(1e-300)),
+        "output_error": (residual / max(energy, 1e-300)) ** 0.5,
+        "svd_output_error": output_error(W, W_svd, C),
+    }
+    if stats is not None and stats.has("output_gradients"):
+        G = stats.output_gradient_moment
+        out["loss_estimate"] = 0.5 * paired_errors(W, W_hat, paired, G)[0] / n_tokens
+        out["svd_loss_estimate"] = loss_estimate(W, W_svd, input_moment=C, output_gradient_moment=G)
+    return out
+
+
+def _untied_targets(model, target_modules, exclude_modules, filter_fn):
+    names = find_targets(model, target_modules, exclude_modules, filter_fn=filter_fn)
+    tied = _tied(model, names)
+    if tied:
+        warnings.warn(
+            "Skipping layers whose weight is tied to another module's (factorising them "
+            "would break the tie): " + "; ".join(f"{n} (tied to {', '.join(o)})" for n, o in tied),
+            UserWarning,
+            stacklevel=3,
+        )
+        names = [n for n in names if n not in {t for t, _ in tied}]
+        if not names:
+            raise ValueError("Every target layer is tied to another module: nothing to compress.")
+    return names
+
+
+def _check_sequential(sequential, method):
+    if sequential and "inputs" not in get_method(method).needs:
+        raise ValueError(
+            f"sequential=True refits each layer to perturbed inputs; method {method!r} does "
+            "not use the inputs (use 'svd-llm', 'kfac' or 'asvd')."
+        )
+
+
+def _method_for_batches(method, batches, loss_fn):
+    """``"auto"`` with batches: the default when the batches define a loss, else inputs only."""
+    if method != "auto":
+        return method
+    first = next(iter(batches), None)
+    has_loss = loss_fn is not None or (isinstance(first, Mapping) and "labels" in first)
+    return DEFAULT_METHOD if has_loss else "svd-llm"
 
 
 def _resolve_method(method, statistics):

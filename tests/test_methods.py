@@ -1,0 +1,255 @@
+"""Compression methods: what each optimises, the default, allocation, sequential calibration."""
+
+import numpy as np
+import pytest
+import torch
+from test_compress import tiny_bert, token_batches
+from torch import nn
+
+from sklearn_wsvd.compress import (
+    METHODS,
+    allocate_ranks,
+    collect_statistics,
+    compress_model,
+    load_compressed,
+    save_compressed,
+)
+from sklearn_wsvd.compress._sequential import stages
+from sklearn_wsvd.metrics import loss_estimate, output_error, svd_risk, truncated
+
+
+def correlated_mlp(seed=0):
+    """An MLP whose hidden inputs are strongly correlated (as a transformer's are)."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Linear(24, 48), nn.Tanh(), nn.Linear(48, 32), nn.Tanh(), nn.Linear(32, 4)
+    )
+    return model.eval()
+
+
+def data(n=512, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    mix = torch.randn(24, 24, generator=gen) * torch.logspace(0, -2, 24)  # anisotropic inputs
+    x = torch.randn(n, 24, generator=gen) @ mix
+    y = torch.randint(0, 4, (n,), generator=gen)
+    return [(x[i : i + 64], y[i : i + 64]) for i in range(0, n, 64)]
+
+
+@pytest.fixture(scope="module")
+def stats():
+    return collect_statistics(
+        correlated_mlp(),
+        data(),
+        collect=("inputs", "fisher", "output_gradients"),
+        loss_fn=nn.CrossEntropyLoss(),
+        per_sample=False,
+    )
+
+
+def test_each_method_minimises_its_own_objective(stats):
+    model = correlated_mlp()
+    W = model[2].weight.detach().double()
+    st = stats["2"]
+    C, G, F = st.input_second_moment, st.output_gradient_moment, st.fisher
+    fitted = {}
+    for name in ("svd", "svd-llm", "kfac", "fisher-rank1", "tfwsvd"):
+        small, _ = compress_model(
+            model,
+            rank={"0": 10, "2": 6, "4": 2},
+            method=name,
+            statistics=stats,
+            metric_damping=0.0,
+            min_saving=0.0,
+            progress=False,
+            dtype="float64",
+        )
+        fitted[name] = small[2].to_dense().detach().double()
+    out = {k: output_error(W, v, C) for k, v in fitted.items()}
+    kfac = {
+        k: loss_estimate(W, v, input_moment=C, output_gradient_moment=G) for k, v in fitted.items()
+    }
+    fisher = {k: loss_estimate(W, v, importance=F) for k, v in fitted.items()}
+    assert min(out, key=out.get) == "svd-llm" and out["svd-llm"] < 0.9 * out["svd"]
+    assert min(kfac, key=kfac.get) == "kfac"
+    assert min(fisher, key=fisher.get) == "tfwsvd"
+    rel = {k: float((W - v).norm()) for k, v in fitted.items()}
+    assert min(rel, key=rel.get) == "svd"
+
+
+def test_report_errors_match_the_metrics(stats):
+    model = correlated_mlp()
+    small, report = compress_model(
+        model, rank=6, method="kfac", statistics=stats, min_saving=0.0, progress=False
+    )
+    row = {r.name: r for r in report.layers}["2"]
+    W = model[2].weight.detach().double()
+    st = stats["2"]
+    C, G = st.input_second_moment, st.output_gradient_moment
+    W_hat = small[2].to_dense().detach().double()
+    assert row.output_error == pytest.approx(output_error(W, W_hat, C), rel=1e-6)
+    assert row.loss_estimate == pytest.approx(
+        loss_estimate(W, W_hat, input_moment=C, output_gradient_moment=G), rel=1e-6
+    )
+    assert row.svd_loss_estimate == pytest.approx(
+        svd_risk(W, rank=6, input_moment=C, output_gradient_moment=G), rel=1e-9
+    )
+    assert row.svd_output_error == pytest.approx(output_error(W, truncated(W, 6), C), rel=1e-9)
+    assert row.loss_estimate < row.svd_loss_estimate
+
+
+def test_auto_picks_what_the_statistics_allow(stats):
+    model = correlated_mlp()
+    inputs_only = collect_statistics(model, [(x,) for x, _ in data()])
+    fisher_only = {n: s.fisher for n, s in stats.items()}
+    cases = [
+        (dict(statistics=stats), "kfac"),
+        (dict(statistics=inputs_only), "svd-llm"),
+        (dict(importance=fisher_only), "tfwsvd"),
+        ({}, "svd"),
+        (dict(batches=data(), loss_fn=nn.CrossEntropyLoss()), "kfac"),
+        (dict(batches=[(x,) for x, _ in data()]), "svd-llm"),
+    ]
+    for kwargs, expected in cases:
+        _, report = compress_model(model, ratio=0.5, progress=False, **kwargs)
+        assert report.method == expected, kwargs.keys()
+    with pytest.raises(ValueError, match=r"method 'kfac' needs \['output_gradients'\]"):
+        compress_model(model, ratio=0.5, method="kfac", statistics=inputs_only)
+    with pytest.raises(ValueError, match="Unknown method 'pca'; choose one of"):
+        compress_model(model, ratio=0.5, method="pca", statistics=stats)
+
+
+def test_full_rank_is_exact_for_every_method(stats):
+    model = correlated_mlp()
+    x = data()[0][0]
+    for name in METHODS:
+        small, _ = compress_model(
+            model,
+            rank={"0": 24, "2": 32, "4": 4},
+            method=name,
+            statistics=stats,
+            min_saving=0.0,
+            progress=False,
+            dtype="float64",
+            max_iter=5,
+        )
+        with torch.no_grad():
+            torch.testing.assert_close(small(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_round_trips_through_save_and_load(method, tmp_path):
+    bert = tiny_bert()
+    batches = token_batches()
+    st = collect_statistics(
+        bert,
+        batches,
+        collect=("inputs", "fisher", "output_gradients"),
+        target_modules=r".*encoder.*",
+    )
+    small, report = compress_model(
+        bert,
+        ratio=0.4,
+        method=method,
+        statistics=st,
+        target_modules=r".*encoder.*",
+        progress=False,
+        max_iter=3,
+    )
+    assert report.method == method and all(r.rank for r in report.layers)
+    save_compressed(small, tmp_path / method)
+    loaded = load_compressed(tmp_path / method).eval()
+    ids = batches[0]["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, small(input_ids=ids).logits)
+
+
+def test_global_allocation_in_the_kfac_currency_is_optimal_for_kfac(stats):
+    """Greedy allocation on the exact K-FAC curves minimises the summed loss estimate."""
+    model = correlated_mlp()
+    names = ["0", "2"]
+    weights = {n: model.get_submodule(n).weight.detach() for n in names}
+    budget = 12 * (48 + 24) // 2 + 8 * (32 + 48) // 2
+    ranks = allocate_ranks(weights, {n: stats[n] for n in names}, budget, metric_damping=0.0)
+    assert sum(ranks[n] * sum(weights[n].shape) for n in names) <= budget
+
+    def total(r):
+        return sum(svd_kfac(weights[n], stats[n], r[n]) for n in names)
+
+    best = min(
+        (total({"0": a, "2": b}), a, b)
+        for a in range(1, 24)
+        for b in range(1, 32)
+        if a * 72 + b * 80 <= budget
+    )
+    assert total(ranks) == pytest.approx(best[0], rel=1e-6)
+
+
+def svd_kfac(W, st, k):
+    """The K-FAC closed form's loss estimate at rank k: the tail of G^1/2 W C^1/2."""
+    C, G = st.input_second_moment.numpy(), st.output_gradient_moment.numpy()
+
+    def root(M):
+        vals, vecs = np.linalg.eigh(M)
+        return (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
+
+    s = np.linalg.svd(root(G) @ W.double().numpy() @ root(C), compute_uv=False)
+    return 0.5 * float(np.sum(s[k:] ** 2))
+
+
+def test_sequential_fits_each_block_to_the_perturbed_inputs():
+    model = correlated_mlp()
+    batches = data()
+    loss_fn = nn.CrossEntropyLoss()
+    kw = dict(
+        rank={"0": 4, "2": 6, "4": 2},
+        method="svd-llm",
+        batches=batches,
+        loss_fn=loss_fn,
+        min_saving=0.0,
+        progress=False,
+        dtype="float64",
+    )
+    plain, plain_report = compress_model(model, **kw)
+    seq, seq_report = compress_model(model, sequential=True, **kw)
+    x = torch.cat([b[0] for b in batches])
+    with torch.no_grad():
+        target = model[2](torch.tanh(model[0](x))) - model[2].bias
+        errors = {
+            name: float(
+                (m[2](torch.tanh(m[0](x))) - m[2].out_proj.bias - target).norm() / target.norm()
+            )
+            for name, m in (("plain", plain), ("sequential", seq))
+        }
+    # The second layer corrects (part of) what the first one's compression changed: the
+    # sequential fit is the optimum of that error, the plain one a feasible point.
+    assert errors["sequential"] < 0.97 * errors["plain"]
+    row = {r.name: r for r in seq_report.layers}["2"]
+    assert row.output_error == pytest.approx(errors["sequential"], rel=1e-4)
+    # The first block sees the original inputs: the same fit as without sequential.
+    torch.testing.assert_close(seq[0].to_dense(), plain[0].to_dense())
+    # At full rank nothing changes.
+    full, _ = compress_model(
+        model,
+        rank={"0": 24, "2": 32, "4": 4},
+        method="svd-llm",
+        batches=batches,
+        loss_fn=loss_fn,
+        sequential=True,
+        min_saving=0.0,
+        progress=False,
+        dtype="float64",
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(full(x), model(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="needs the calibration batches as a sequence"):
+        compress_model(model, ratio=0.5, sequential=True, batches=iter(batches))
+    with pytest.raises(ValueError, match="does not use the inputs"):
+        compress_model(model, ratio=0.5, sequential=True, batches=batches, method="svd")
+
+
+def test_stages_follow_the_blocks_of_a_transformer():
+    bert = tiny_bert()
+    names = [n for n, m in bert.named_modules() if isinstance(m, nn.Linear)]
+    groups = stages(bert, names)
+    assert [len(g) for g in groups] == [6, 6, 1, 1]  # two blocks, the pooler, the head
+    assert all(n.startswith("bert.encoder.layer.0.") for n in groups[0])
