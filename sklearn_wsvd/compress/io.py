@@ -1,36 +1,107 @@
-"""Saving and loading compressed models: safetensors weights, a JSON of the factorised layers."""
+"""Saving and loading compressed models: safetensors weights, a JSON of the factorised layers
+and their provenance, and for Hugging Face models a directory that transformers loads itself."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
+import importlib.util
 import json
+import platform
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors import safe_open
+from safetensors.torch import save_model
 from torch import nn
 
-from ._compress import _set_submodule
-from .layers import LowRankLinear
+from ._format import (
+    FORMAT,
+    META,
+    QUANT_METHOD,
+    WEIGHT_FILES,
+    WEIGHTS,
+    aliases,
+    check_model,
+    check_tensors,
+    expected_tensors,
+    read_header,
+    read_meta,
+)
+from .layers import LowRankLinear, set_submodule
 
-FORMAT = "sklearn_wsvd.compressed/1"
-WEIGHTS = "model.safetensors"
-META = "compression.json"
+if importlib.util.find_spec("transformers") is not None:
+    from . import _hf  # registers the quantization method with transformers
+else:  # transformers is optional: plain torch models save and load without it
+    _hf = None
+
+# What transformers loads when it finds no weights where config.json points: none
+# of them may sit beside the low-rank weights (see _hf.py).
+_DEFAULT_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+_VERSIONS = ("torch", "safetensors", "transformers", "sentence-transformers", "numpy")
 
 
-def save_compressed(model: nn.Module, path) -> Path:
+def save_compressed(
+    model: nn.Module,
+    path,
+    *,
+    report=None,
+    base_model: str | None = None,
+    method: str | None = None,
+) -> Path:
     """Write ``model`` to the directory ``path``; nothing is pickled.
 
-    ``model.safetensors`` holds the weights (shared tensors stored once),
-    ``compression.json`` the factorised layers and their ranks. A Hugging Face
-    model also gets its ``config.json``, so that :func:`load_compressed` can
-    rebuild it from the directory alone.
+    ``compression.json`` holds the factorised layers (name, shape, rank) and the
+    provenance (base model, method, report, package versions, date);
+    ``lowrank-model.safetensors`` the weights. A Hugging Face model is written by
+    its own ``save_pretrained`` (``config.json`` naming its class, generation
+    config) with the layers recorded as the ``sklearn_wsvd_lowrank`` quantization
+    method, so that once ``sklearn_wsvd.compress`` is imported the usual
+    ``from_pretrained`` of its class, ``AutoModel*`` and ``pipeline`` build the
+    compressed model; without it they stop with an error instead of loading
+    random layers. A ``SentenceTransformer`` is written by its own ``save``
+    (modules, pooling, tokenizer) around such a transformers model, and loads with
+    ``SentenceTransformer(path)``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model holding :class:`LowRankLinear` layers: any torch model, a
+        transformers ``PreTrainedModel`` or a ``SentenceTransformer``.
+    path : str or Path
+        The directory, created if needed. It must not hold other weights that
+        transformers would load instead (``pytorch_model.bin``, a sharded index).
+    report : object with a ``to_dict()`` method, optional
+        What :func:`compress_model` reported, stored as JSON in the provenance.
+    base_model : str, optional
+        Name or path of the uncompressed model; defaults to the ``name_or_path``
+        of a transformers model's config.
+    method : str, optional
+        How the model was compressed (``"fwsvd"``, say), for the provenance.
 
     Returns
     -------
     path : Path
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> from sklearn_wsvd.compress import LowRankLinear, load_compressed, save_compressed
+    >>> small = torch.nn.Sequential(LowRankLinear.from_linear(torch.nn.Linear(8, 6), rank=2))
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     _ = save_compressed(small, tmp, method="svd")
+    ...     loaded = load_compressed(tmp, model=torch.nn.Sequential(torch.nn.Linear(8, 6)))
+    >>> type(loaded[0]).__name__, loaded[0].rank
+    ('LowRankLinear', 2)
     """
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    inner, st_index = _transformer_of(model)
     layers = {
         name: {
             "in_features": m.in_features,
@@ -38,21 +109,62 @@ def save_compressed(model: nn.Module, path) -> Path:
             "rank": m.rank,
             "bias": m.out_proj.bias is not None,
         }
-        for name, m in model.named_modules()
+        # Every name of a shared module, so that loading shares it again.
+        for name, m in inner.named_modules(remove_duplicate=False)
         if isinstance(m, LowRankLinear)
     }
-    meta = {"format": FORMAT, "layers": layers}
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "save_pretrained"):
-        config.save_pretrained(path)
-        meta["transformers_class"] = type(model).__name__
-    save_model(model, str(path / WEIGHTS))
-    (path / META).write_text(json.dumps(meta, indent=2))
+    meta = {
+        "format": FORMAT,
+        "layers": layers,
+        "provenance": _provenance(model, inner, report, base_model, method),
+    }
+    path.mkdir(parents=True, exist_ok=True)
+    if _hf is None or not isinstance(inner, _hf.transformers.PreTrainedModel):
+        save_model(model, str(path / WEIGHTS), metadata={"format": "pt"}, force_contiguous=True)
+        (path / META).write_text(json.dumps(meta, indent=2) + "\n")
+        return path
+    meta["transformers_class"] = type(inner).__name__
+    with _without_quantizer(inner):
+        if st_index is None:
+            target = path
+            # One file (never shards), so that it can be moved out of transformers' way.
+            inner.save_pretrained(path, max_shard_size=1 << 60)
+        else:
+            model.save(str(path))
+            modules = json.loads((path / "modules.json").read_text())
+            target = path / next(m["path"] for m in modules if m["idx"] == st_index)
+    written = target / "model.safetensors"
+    if not written.is_file():
+        raise ValueError(
+            f"{target}: transformers wrote a sharded checkpoint, which save_compressed cannot "
+            "store yet."
+        )
+    written.replace(target / WEIGHTS)
+    stale = [name for name in _DEFAULT_WEIGHTS if (target / name).exists()]
+    if stale:
+        raise ValueError(
+            f"{target} also holds {stale}, which transformers would load instead of the "
+            "compressed weights: remove them, or save to an empty directory."
+        )
+    config_file = target / "config.json"
+    config = json.loads(config_file.read_text())
+    config["quantization_config"] = {
+        "quant_method": QUANT_METHOD,
+        "format": FORMAT,
+        "layers": layers,
+    }
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (target / META).write_text(json.dumps(meta, indent=2) + "\n")
     return path
 
 
 def load_compressed(path, model: nn.Module | None = None, device=None) -> nn.Module:
-    """Load what :func:`save_compressed` wrote.
+    """Load what :func:`save_compressed` wrote, trusting nothing in the files.
+
+    The JSON, the layers (they exist in the model, are linear, have the stated
+    shape and a rank within it) and every tensor's name, shape and dtype (from the
+    safetensors header) are checked before any weight is read or module touched:
+    on any problem ``model`` is left as it was and a ``ValueError`` names the file.
 
     Parameters
     ----------
@@ -61,9 +173,12 @@ def load_compressed(path, model: nn.Module | None = None, device=None) -> nn.Mod
     model : nn.Module, optional
         A model of the original (uncompressed) architecture, whose factorised
         layers are replaced and whose weights are all loaded, in place. Not needed
-        for a Hugging Face model, which is rebuilt from the saved ``config.json``.
+        for a Hugging Face model, which is rebuilt (in eval mode) from the saved
+        ``config.json`` as the class recorded in ``compression.json``, if that is
+        a transformers model class; for a saved ``SentenceTransformer`` that is
+        its transformers model (``SentenceTransformer(path)`` loads the whole).
     device : str or torch.device, optional
-        Where to load the weights.
+        Move the loaded model there; None keeps each weight where the model has it.
 
     Returns
     -------
@@ -71,21 +186,45 @@ def load_compressed(path, model: nn.Module | None = None, device=None) -> nn.Mod
     """
     path = Path(path)
     meta_file = path / META
-    if not meta_file.is_file():
-        raise FileNotFoundError(f"{meta_file} not found: is {path} a save_compressed directory?")
-    meta = json.loads(meta_file.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_file} has format {meta.get('format')!r}, expected {FORMAT!r}.")
+    meta = read_meta(meta_file)
+    weights = path / WEIGHT_FILES[meta["format"]]
+    header = read_header(weights)
+    layers = meta["layers"]
     if model is None:
         if "transformers_class" not in meta:
-            raise ValueError("This model was not a Hugging Face model: pass model=.")
-        import transformers
+            raise ValueError(f"{meta_file}: this model was not a Hugging Face model: pass model=.")
+        if _hf is None:
+            raise ImportError(f"{path} holds a transformers model: install transformers.")
+        cls = _hf.model_class(meta["transformers_class"], meta_file)
+        # The untrusted config.json sets the sizes: check the files against a skeleton on
+        # the meta device before allocating anything.
+        _check(_hf.build_model(cls, path, meta=True), layers, header, meta_file, weights)
+        model = _hf.build_model(cls, path, meta=False).eval()
+    _load(model, layers, header, meta_file, weights)
+    if device is not None:
+        model.to(device)
+    return model
 
-        config = transformers.AutoConfig.from_pretrained(path)
-        model = getattr(transformers, meta["transformers_class"])(config)
-    for name, spec in meta["layers"].items():
-        old = model.get_submodule(name)
-        ref = next(old.parameters())
+
+def _check(model, layers, header, meta_file, weights) -> dict[str, nn.Module]:
+    replaced = check_model(model, layers, meta_file)
+    check_tensors(header, expected_tensors(model, layers), weights)
+    return replaced
+
+
+def _load(model, layers, header, meta_file, weights) -> None:
+    replaced = _check(model, layers, header, meta_file, weights)
+    prefixes = tuple(f"{name}." for name in layers)
+    # Read and convert everything first: the model changes only once nothing can fail.
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            tensors = {key: f.get_tensor(key) for key in header}
+    except Exception as exc:  # safetensors' own errors for a damaged file
+        raise ValueError(f"{weights}: cannot read its tensors ({exc}).") from exc
+    new = {}
+    for names in aliases(replaced):
+        spec, old = layers[names[0]], replaced[names[0]]
+        ref = next(iter(old.parameters()))
         layer = LowRankLinear(
             spec["in_features"],
             spec["out_features"],
@@ -93,7 +232,89 @@ def load_compressed(path, model: nn.Module | None = None, device=None) -> nn.Mod
             bias=spec["bias"],
             device=ref.device,
             dtype=ref.dtype,
-        )
-        _set_submodule(model, name, layer)
-    load_model(model, str(path / WEIGHTS), strict=True, device=str(torch.device(device or "cpu")))
-    return model
+        ).train(old.training)
+        with torch.no_grad():
+            for key, param in layer.named_parameters():
+                stored = next(f"{n}.{key}" for n in names if f"{n}.{key}" in header)
+                param.copy_(tensors[stored])
+        new.update(dict.fromkeys(names, layer))
+    updates = [
+        (target, tensors[next(k for k in keys if k in header)].to(target))
+        for keys, target in expected_tensors(model, layers)
+        if not keys[0].startswith(prefixes)
+    ]
+    for name, layer in new.items():
+        set_submodule(model, name, layer)
+    with torch.no_grad():
+        for target, value in updates:
+            target.copy_(value)
+
+
+def _transformer_of(model):
+    """``(model, None)``, or for a SentenceTransformer its transformers model and its index."""
+    if not (
+        type(model).__module__.startswith("sentence_transformers.")
+        and isinstance(model, nn.Sequential)
+    ):
+        return model, None
+    for index, module in enumerate(model):
+        inner = getattr(module, "auto_model", None)
+        if _hf is not None and isinstance(inner, _hf.transformers.PreTrainedModel):
+            others = [
+                name
+                for i, part in enumerate(model)
+                if i != index
+                for name, m in part.named_modules()
+                if isinstance(m, LowRankLinear)
+            ]
+            if others:
+                raise ValueError(
+                    "save_compressed stores the low-rank layers of a SentenceTransformer's "
+                    f"transformers model only, and module {others[0]!r} is outside it."
+                )
+            return inner, index
+    raise ValueError("This SentenceTransformer has no transformers model to save.")
+
+
+@contextlib.contextmanager
+def _without_quantizer(model):
+    """Let save_pretrained write a model loaded through the quantizer (which forbids it, so
+    that users call save_compressed); the files are fixed up afterwards."""
+    quantizer = model.__dict__.get("hf_quantizer")
+    if quantizer is None:
+        yield
+        return
+    model.hf_quantizer = None
+    try:
+        yield
+    finally:
+        model.hf_quantizer = quantizer
+
+
+def _provenance(model, inner, report, base_model, method) -> dict:
+    if report is not None:
+        if not callable(getattr(report, "to_dict", None)):
+            raise TypeError(f"report must have a to_dict() method, got {type(report).__name__}.")
+        report = report.to_dict()
+    if base_model is None:
+        base_model = getattr(getattr(inner, "config", None), "name_or_path", None) or None
+    from .. import __version__
+
+    versions = {"python": platform.python_version(), "sklearn_wsvd": __version__}
+    for package in _VERSIONS:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[package] = importlib.metadata.version(package)
+    provenance = {
+        "base_model": None if base_model is None else str(base_model),
+        "method": method,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "versions": versions,
+        "report": report,
+    }
+    try:
+        json.dumps(provenance)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"report.to_dict() or method is not JSON-serialisable ({exc}).") from exc
+    return provenance
