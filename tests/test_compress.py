@@ -388,3 +388,98 @@ def test_packaged_minilm_loads_offline_and_compresses(monkeypatch):
 def transformers_auto_model(path):
     transformers = pytest.importorskip("transformers")
     return transformers.AutoModel.from_pretrained(path).eval()
+
+
+# Reliability: layers without a signal, ties, unambiguous sizes --------------------------
+
+
+def test_layers_the_loss_never_reaches_are_named():
+    model = mlp()
+    importance = {n: torch.rand(model.get_submodule(n).weight.shape) for n in ("0", "2", "4")}
+    importance["2"] = torch.zeros(32, 32)
+    with pytest.raises(ValueError, match=r"layer '2': its Fisher importance is zero everywhere"):
+        compress_model(model, rank=2, importance=importance, method="tfwsvd", progress=False)
+    # A budget spends nothing on it, and fails on nothing.
+    ranks = allocate_ranks(
+        {n: model.get_submodule(n).weight for n in ("0", "2")}, importance, budget=20 * 52 + 64
+    )
+    assert ranks["2"] == 1
+    bad = dict(importance, **{"0": torch.full((32, 20), float("nan"))})
+    with pytest.raises(ValueError, match=r"importance\['0'\] contains NaN"):
+        compress_model(model, rank=2, importance=bad, progress=False)
+    bad = dict(importance, **{"0": -torch.ones(32, 20)})
+    with pytest.raises(ValueError, match=r"importance\['0'\] must be non-negative"):
+        compress_model(model, rank=2, importance=bad, progress=False)
+    broken = mlp()
+    with torch.no_grad():
+        broken[0].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"layer '0': its weight contains NaN"):
+        compress_model(broken, rank=2, progress=False)
+
+
+def test_tied_and_shared_layers_keep_their_ties():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.embed = nn.Embedding(16, 16)
+            self.proj = nn.Linear(16, 16)
+            self.proj.weight = self.embed.weight  # tied
+            self.shared = nn.Linear(16, 16)
+            self.alias = self.shared  # one module, two names
+            self.out = nn.Linear(16, 4)
+
+        def forward(self, ids):
+            h = self.proj(self.embed(ids))
+            return self.out(self.alias(self.shared(h)))
+
+    model = Tied().eval()
+    with pytest.warns(UserWarning, match=r"proj \(tied to embed\)"):
+        small, report = compress_model(
+            model, rank=4, target_modules=["proj", "shared", "out"], progress=False
+        )
+    assert [r.name for r in report.layers] == ["shared", "out"]
+    assert small.shared is small.alias and isinstance(small.shared, LowRankLinear)
+    assert small.proj.weight is small.embed.weight
+    real = sum(p.numel() for p in small.parameters())
+    assert report.model_params_after == real
+    assert report.model_params_before - real == report.params_before - report.params_after
+    ids = torch.randint(0, 16, (3, 5))
+    assert small(ids).shape == (3, 5, 4)
+
+
+def test_sizes_are_unambiguous_and_never_pointless():
+    model = mlp().eval()
+    x = torch.randn(4, 20)
+    same, report = compress_model(model, ratio=1, progress=False)
+    assert all(r.rank is None for r in report.layers)
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), model(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="param_budget=1 is below"):
+        compress_model(model, param_budget=1, progress=False)
+    _, report = compress_model(model, param_budget=1.0, progress=False)
+    assert report.params_after == report.params_before
+    # min_saving: 32x32 at rank 15 saves 6%, below the default 10%: left dense.
+    _, report = compress_model(model, rank=15, target_modules=["2"], progress=False)
+    assert report.layers[0].rank is None
+    _, report = compress_model(
+        model, rank=15, target_modules=["2"], min_saving=0.05, progress=False
+    )
+    assert report.layers[0].rank == 15
+    with pytest.raises(ValueError, match="min_saving must be a fraction"):
+        compress_model(model, rank=2, min_saving=1.0)
+
+
+def test_new_layers_follow_the_models_mode():
+    model = mlp().eval()
+    small, _ = compress_model(model, rank=2, progress=False)
+    assert not any(m.training for m in small.modules())
+    model.train()
+    small, _ = compress_model(model, rank=2, progress=False)
+    assert all(m.training for m in small.modules())
+
+
+def test_risk_threshold_needs_the_iterative_fisher_method():
+    model = mlp()
+    with pytest.raises(ValueError, match="risk_threshold applies to the iterative 'tfwsvd'"):
+        compress_model(model, rank=2, risk_threshold=0.1, progress=False)

@@ -5,7 +5,7 @@ from ._targets import find_targets
 from .calibration import InputStatistics, LayerStatistics, collect_statistics, merge_statistics
 from .importance import fisher_importance
 from .io import load_compressed, save_compressed
-from .layers import LowRankLinear
+from .layers import LowRankLinear, merge_lowrank
 from .methods import METHODS, register_method
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "find_targets",
     "fisher_importance",
     "load_compressed",
+    "merge_lowrank",
     "merge_statistics",
     "register_method",
     "save_compressed",

@@ -20,7 +20,7 @@ from ..metrics import loss_estimate, output_error, truncated
 from ._sequential import corrected, layer_statistics, paired_errors, paired_inputs, stages
 from ._targets import find_targets
 from .calibration import LayerStatistics, collect_statistics
-from .layers import LowRankLinear, dense_weight, linear_shape
+from .layers import LowRankLinear, dense_weight, linear_shape, set_submodule
 from .methods import DEFAULT_DAMPING, METHODS, get_method
 
 # The default method: the one that measured best (benchmarks/bench_compression.py).
@@ -164,6 +164,13 @@ def statistics_from_importance(importance, shapes) -> dict[str, LayerStatistics]
                 f"importance[{name!r}] has shape {tuple(F.shape)}, but the layer's weight is "
                 f"{tuple(shape)} (out_features, in_features)."
             )
+        if not torch.isfinite(F).all():
+            raise ValueError(f"importance[{name!r}] contains NaN or infinite values.")
+        if (F < 0).any():
+            raise ValueError(
+                f"importance[{name!r}] must be non-negative; its smallest entry is "
+                f"{float(F.min()):g}."
+            )
         out[name] = LayerStatistics(tuple(shape), fisher_sum=F, n_losses=1)
     return out
 
@@ -196,7 +203,10 @@ def _curve(weight, stats, damping):
         s2 = torch.linalg.svdvals(X).square()
         return s2 / s2.sum().clamp_min(torch.finfo(s2.dtype).tiny)
     if has("fisher"):
-        a, b = rank_one_approximation(stats.fisher.to(X.device))
+        F = stats.fisher.to(X.device)
+        if not (F > 0).any():  # the loss never reaches this layer: no rank is worth anything
+            return torch.zeros(min(X.shape), dtype=X.dtype)
+        a, b = rank_one_approximation(F)
         return 0.5 * torch.linalg.svdvals(a.sqrt()[:, None] * X * b.sqrt()).square()
     s2 = torch.linalg.svdvals(X).square()
     return s2 / s2.sum().clamp_min(torch.finfo(s2.dtype).tiny)
@@ -249,11 +259,12 @@ def allocate_ranks(
         statistics = statistics_from_importance(statistics, shapes)
     gains = []
     ranks = {}
+    curves = {}
     spent = 0
     for name, W in weights.items():
         m, n = shapes[name]
         curve = _curve(W, None if statistics is None else statistics.get(name), metric_damping)
-        curve = curve.cpu().tolist()
+        curves[name] = curve = curve.cpu().tolist()
         ranks[name] = 1
         spent += m + n
         top = max(1, max_saving_rank(m, n, min_saving))
@@ -262,11 +273,25 @@ def allocate_ranks(
         raise ValueError(
             f"param_budget={budget} is below {spent}, the cost of rank 1 in every target layer."
         )
-    for _, name, cost in sorted(gains, key=lambda g: -g[0]):
+    for gain, name, cost in sorted(gains, key=lambda g: -g[0]):
+        if gain <= 0:  # ranks that buy nothing (a layer the loss never reaches) are not spent
+            break
         if spent + cost > budget:
             continue
         ranks[name] += 1
         spent += cost
+    # What is left can keep whole layers dense, the ones whose rest of the curve is worth most.
+    capped = []
+    for name, (m, n) in shapes.items():
+        if ranks[name] == max(1, max_saving_rank(m, n, min_saving)):
+            rest = sum(curves[name][ranks[name] :])
+            capped.append((rest / (m * n - ranks[name] * (m + n)), name))
+    for _, name in sorted(capped, reverse=True):
+        m, n = shapes[name]
+        extra = m * n - ranks[name] * (m + n)
+        if spent + extra <= budget:
+            ranks[name] = min(m, n)
+            spent += extra
     return ranks
 
 
@@ -293,10 +318,15 @@ def _factorise(name, weight, stats, rank, method, options, risk_threshold):
     if rank is None:
         return name, None, None, "dense", {}, time.perf_counter() - start
     W = weight.detach().to(torch.float64)
+    if not torch.isfinite(W).all():
+        raise ValueError(f"layer {name!r}: its weight contains NaN or infinite values.")
     svd_errors = _errors(W, truncated(W, rank), stats)
     if risk_threshold is not None and svd_errors["loss_estimate"] < risk_threshold:
         options = {**options, "solver": "rank1"}
-    A, B, solver = get_method(method).factorise(weight.detach(), stats, rank, **options)
+    try:
+        A, B, solver = get_method(method).factorise(weight.detach(), stats, rank, **options)
+    except ValueError as exc:
+        raise ValueError(f"layer {name!r}: {exc}") from exc
     A, B = _balance(A.to(torch.float64), B.to(torch.float64))
     errors = _errors(W, A @ B, stats)
     errors.update({f"svd_{k}": v for k, v in svd_errors.items()})
@@ -578,7 +608,7 @@ class _Replacer:
 
     def _set(self, name, module):
         for alias in self.aliases[name]:
-            _set_submodule(self.model, alias, module)
+            set_submodule(self.model, alias, module)
 
 
 def _sequential_errors(weight, A, B, paired, stats):
@@ -676,6 +706,8 @@ def _resolve_ranks(rank, ratio, param_budget, weights, statistics, shapes, min_s
             raise ValueError(f"rank must be a positive integer or a dict, got {rank!r}.")
         return dict.fromkeys(shapes, int(rank))
     if ratio is not None:
+        if ratio >= 1 - min_saving:  # keeping that much saves less than min_saving: dense
+            return {name: min(shape) for name, shape in shapes.items()}
         return {name: max(1, int(ratio * m * n / (m + n))) for name, (m, n) in shapes.items()}
     total = sum(m * n for m, n in shapes.values())
     if isinstance(param_budget, Integral) and not isinstance(param_budget, bool):
@@ -690,8 +722,3 @@ def _resolve_ranks(rank, ratio, param_budget, weights, statistics, shapes, min_s
     return allocate_ranks(
         weights, statistics, budget, min_saving=min_saving, metric_damping=damping
     )
-
-
-def _set_submodule(model, name, module):
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)

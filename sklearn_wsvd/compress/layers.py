@@ -171,7 +171,7 @@ def merge_lowrank(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     Examples
     --------
     >>> import torch
-    >>> from sklearn_wsvd.compress.layers import LowRankLinear, merge_lowrank
+    >>> from sklearn_wsvd.compress import LowRankLinear, merge_lowrank
     >>> model = torch.nn.Sequential(LowRankLinear.from_linear(torch.nn.Linear(8, 6), rank=2))
     >>> dense = merge_lowrank(model)
     >>> type(dense[0]).__name__, tuple(dense[0].weight.shape)
