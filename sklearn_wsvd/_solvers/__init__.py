@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from ._common import Factors, objective
+from ._common import Factors, objective, weight_scale
 from .als import als, als_cg, weighted_row_solve
 from .closed_form import fwsvd, rank1, rank_one_approximation, svd
 from .em import em
@@ -24,6 +24,9 @@ AUTO_ITERATIVE = "als-cg"
 __all__ = [
     "Factors",
     "SOLVERS",
+    "balance",
+    "complete_rank",
+    "count_underdetermined",
     "INITS",
     "objective",
     "resolve_solver",
@@ -43,6 +46,18 @@ def resolve_solver(solver: str, W, alpha: float) -> str:
         if torch.allclose(torch.outer(a, b), W, rtol=1e-5, atol=1e-6 * float(W.max())):
             return "rank1"
     return AUTO_ITERATIVE
+
+
+def count_underdetermined(W, k: int) -> tuple[int, int]:
+    """Rows and columns of ``W`` (m x n) with fewer than ``k`` positive weights.
+
+    Such a row (column) has fewer observed entries than its ``k`` unknown
+    coordinates: without a ridge (``alpha > 0``) the fit interpolates its
+    observed entries and says nothing reliable about its other entries, which
+    the solvers keep finite only through their rounding-level ridge.
+    """
+    observed = W > 0
+    return int((observed.sum(1) < k).sum()), int((observed.sum(0) < k).sum())
 
 
 def _random_init(X, k, generator):
@@ -74,14 +89,25 @@ def solve(
     and ``W`` dense, both on the same device and dtype. ``solver`` must already be
     resolved (not ``"auto"``). ``init`` is a name of :data:`INITS` or a pair
     ``(A0, B0)``; ``options`` go to the solver function.
+
+    The solvers see ``W / max(W)`` and ``alpha / max(W)``, the same problem in
+    units where the largest weight is one, so that weights of any scale give the
+    same factors (and float32 neither overflows nor underflows on them). The
+    objectives reported are in the caller's units. A starting pair whose product
+    has rank below ``k`` (zeros, say) is a saddle point from which no solver can
+    move: its missing directions are filled by the ``"rank1"`` start fitted to the
+    residual (:func:`complete_rank`).
     """
     start = time.perf_counter()
+    scale = weight_scale(W)
+    if scale != 1.0:
+        W, alpha = W / scale, alpha / scale
     if solver in CLOSED_FORM:
         A, B = CLOSED_FORM[solver](X, W, k, alpha)
-        f = objective(X, W, A, B, alpha)
+        f = objective(X, W, A, B, alpha) * scale
         return Factors(A, B, 1, [f], [time.perf_counter() - start])
     if isinstance(init, tuple):
-        A, B = init
+        A, B = complete_rank(X, W, *init, alpha)
     elif init == "random":
         A, B = _random_init(X, k, torch.Generator().manual_seed(seed))
     else:  # a starting point need not be exact: large matrices get a randomized SVD
@@ -90,13 +116,58 @@ def solve(
     return ITERATIVE[solver](
         X,
         W,
-        A,
-        B,
+        *balance(A, B),
         alpha=alpha,
         max_iter=max_iter,
         tol=tol,
         init_seconds=time.perf_counter() - start,
         callback=callback,
         verbose=verbose,
+        scale=scale,
         **options,
     )
+
+
+def balance(A, B):
+    """Rescale each pair (column of ``A``, row of ``B``) to equal norms; ``A @ B`` is unchanged.
+
+    Factors that differ in scale by many orders of magnitude (a closed form
+    unscaled by tiny row weights, a user's start) would make the normal equations
+    of one side overflow while the other's underflow. A balanced pair also has the
+    smallest ridge penalty of all pairs with the same product.
+    """
+    na, nb = torch.linalg.vector_norm(A, dim=0), torch.linalg.vector_norm(B, dim=1)
+    ok = (na > 0) & (nb > 0)
+    t = torch.where(ok, (nb / torch.where(ok, na, 1.0)).sqrt(), 1.0)
+    return A * t, B / t[:, None]
+
+
+def complete_rank(X, W, A, B, alpha: float = 0.0):
+    """Give a starting pair whose product has rank ``r < k`` its ``k - r`` missing directions.
+
+    Where ``A @ B`` has rank ``r``, the objective's gradient vanishes in the
+    directions the factors lack (a saddle point): zero factors, say, stay zero
+    under every solver. The product's rank-``r`` part is kept (as balanced SVD
+    factors) and the ``"rank1"`` closed form of rank ``k - r`` fitted to the
+    residual is added, scaled by the step along it that lowers the objective most.
+    Full-rank pairs are returned unchanged.
+    """
+    k = A.shape[1]
+    Qa, Ra = torch.linalg.qr(A)
+    Qb, Rb = torch.linalg.qr(B.T)
+    U, S, Vt = torch.linalg.svd(Ra @ Rb.T)
+    eps = torch.finfo(S.dtype).eps
+    r = int((S > S[0] * max(X.shape) * eps).sum()) if float(S[0]) > 0 else 0
+    if r == k:
+        return A, B
+    root = S[:r].sqrt()
+    A0, B0 = (Qa @ U[:, :r]) * root, root[:, None] * (Vt[:r] @ Qb.T)
+    R = X - A0 @ B0
+    A1, B1 = rank1(R, W, k - r, alpha, exact=False)
+    M = A1 @ B1
+    curvature = float((W * M.square()).sum())
+    if curvature > 0:  # the best step t along M, with the ridge's t (|A1|^2 + |B1|^2)
+        gain = float((W * R * M).sum()) - 0.5 * alpha * float(A1.square().sum() + B1.square().sum())
+        t = max(gain / curvature, 1e-3)
+        A1, B1 = A1 * t**0.5, B1 * t**0.5
+    return torch.cat([A0, A1], dim=1), torch.cat([B0, B1], dim=0)

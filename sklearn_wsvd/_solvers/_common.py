@@ -20,6 +20,10 @@ class Factors(NamedTuple):
     objective: list[float]
     seconds: list[float]
     converged: bool = True
+    # Converged where the objective's rounding error exceeds tol relative to it:
+    # the fit is as good as the dtype can tell, and a wider dtype may improve it
+    # (the caller warns).
+    rounding_limited: bool = False
 
 
 def objective_tensor(X, W, A, B, alpha: float = 0.0) -> torch.Tensor:
@@ -32,8 +36,35 @@ def objective_tensor(X, W, A, B, alpha: float = 0.0) -> torch.Tensor:
 
 
 def objective(X, W, A, B, alpha: float = 0.0) -> float:
-    """:func:`objective_tensor` as a Python float."""
-    return float(objective_tensor(X, W, A, B, alpha))
+    """:func:`objective_tensor` as a Python float, with one matrix-sized temporary."""
+    with torch.no_grad():
+        R = torch.addmm(X, A, B, alpha=-1.0)
+        value = float(R.square_().mul_(W).sum())
+        if alpha:
+            value += alpha * float(A.square().sum() + B.square().sum())
+    return value
+
+
+def weight_scale(W) -> float:
+    """The largest weight, the unit in which the solvers measure weights (1 if none is positive)."""
+    scale = float(W.max()) if W.numel() else 1.0
+    return scale if 0.0 < scale < math.inf else 1.0
+
+
+def rounding_ridge(trace, k: int, dtype: torch.dtype):
+    """Weight ``lam`` of the ridge ``lam |a|^2`` that each least-squares solve adds.
+
+    Tikhonov regularisation at the level of rounding error (``eps`` = 1e-6 in
+    float32, 1e-12 in float64) times the mean eigenvalue ``trace / k`` of the
+    solve's Gram matrix, so relative to the weights' scale. It moves a
+    well-determined row by a relative amount of about ``eps`` times its condition
+    number. A row with fewer observed entries than ``k`` gets (nearly) its
+    smallest-norm solution instead of drifting, sweep after sweep, along the
+    directions that its entries leave free: that drift made the factors explode.
+    A row without any weight gets ``lam = 0``; the solves hold it where it was.
+    """
+    eps = 1e-6 if dtype == torch.float32 else 1e-12
+    return eps * trace / k
 
 
 def tiny(dtype: torch.dtype) -> float:
@@ -55,45 +86,59 @@ def iterate(
     callback: Callable | None = None,
     verbose: bool = False,
     patience: int = 1,
+    scale: float = 1.0,
 ):
     """Run ``A, B = step(A, B, it)`` until the objective stalls; keep the best iterate.
 
-    Converged means that ``patience`` iterations in a row each improved the best
-    objective by less than ``tol`` relative to it (``patience > 1`` suits solvers
-    whose objective is not monotone). ``max_iter`` ending the run first sets
+    Converged means that ``patience`` iterations in a row each changed the
+    objective by at most ``tol`` relative to it, or by no more than its rounding
+    error (``eps * sqrt(objective * sum W X^2)``, which matters only for fits
+    close to exact): an iteration that raises it more than that is not a stall,
+    so a solver that keeps rising and falling runs to ``max_iter`` and reports
     ``converged=False`` (the caller warns, so the warning points at user code).
+    Where that rounding error exceeds ``tol`` relative to the objective, the
+    dtype cannot tell whether the fit still improves: ``rounding_limited``.
     ``callback(n_iter, A, B, objective)`` returning True stops the run early
-    (that is not a convergence failure). The history holds the
-    initial point first, with the time the initialisation took.
+    (that is not a convergence failure). The history holds the initial point
+    first, with the time the initialisation took.
+
+    ``W`` and ``alpha`` may be a rescaled problem (see :func:`solve`): ``scale``
+    multiplies every objective reported (history and callback), so that they are
+    in the caller's units.
     """
     f = objective(X, W, A, B, alpha)
     best = (f, A, B)
-    history, seconds = [f], [init_seconds]
+    eps, energy = torch.finfo(X.dtype).eps, float((W * X.square()).sum())
+    history, seconds = [f * scale], [init_seconds]
     start = time.perf_counter() - init_seconds
     converged = stopped = False
     it = stalls = 0
+    noise = low = 0.0
     with tqdm(total=max_iter, desc=name, disable=not verbose, leave=False) as bar:
         for it in range(1, max_iter + 1):
             A, B = step(A, B, it)
-            f = objective(X, W, A, B, alpha)
-            history.append(f)
+            f_prev, f = f, objective(X, W, A, B, alpha)
+            history.append(f * scale)
             seconds.append(time.perf_counter() - start)
             bar.update()
-            bar.set_postfix(objective=f"{f:.6g}")
-            improvement = best[0] - f
-            if f < best[0]:
-                best = (f, A, B)
+            bar.set_postfix(objective=f"{f * scale:.6g}")
             if not math.isfinite(f):
                 raise FloatingPointError(
-                    f"solver {name!r} diverged (objective {f}) at iteration {it}; "
+                    f"solver {name!r} diverged (objective {f * scale}) at iteration {it}; "
                     "try dtype='float64', another solver or a smaller learning rate."
                 )
-            if callback is not None and callback(it, A, B, f):
+            if f < best[0]:
+                best = (f, A, B)
+            if callback is not None and callback(it, A, B, f * scale):
                 stopped = True
                 break
-            stalls = stalls + 1 if improvement <= tol * abs(best[0]) else 0
+            low, high = sorted((abs(f_prev), abs(f)))
+            noise = eps * math.sqrt(high * energy)
+            stalled = abs(f_prev - f) <= tol * low + noise
+            stalls = stalls + 1 if stalled else 0
             if stalls >= patience:
                 converged = True
                 break
+    rounding_limited = converged and noise > tol * low
     converged = converged or stopped or max_iter == 0
-    return Factors(best[1], best[2], it, history, seconds, converged)
+    return Factors(best[1], best[2], it, history, seconds, converged, rounding_limited)

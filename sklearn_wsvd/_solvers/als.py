@@ -16,75 +16,116 @@ from __future__ import annotations
 
 import torch
 
-from ._common import iterate, tiny
+from ._common import iterate, rounding_ridge, tiny, weight_scale
 
-DEFAULT_MEMORY_BUDGET = 2**30  # bytes for the batch of k x k Gram matrices
+# Bytes that weighted_row_solve may allocate beyond its inputs and output: the
+# chunk of Gram matrices, the outer products they are built from, the
+# factorisation's temporaries and the weighted right-hand sides.
+DEFAULT_MEMORY_BUDGET = 2**30
 
 
 def weighted_row_solve(X, W, B, A_old, *, alpha=0.0, memory_budget=DEFAULT_MEMORY_BUDGET):
     """Exact weighted least squares of every row of ``X`` on the rows of ``B``.
 
-    A proximal term ``lam |a - a_old|^2`` with a tiny ``lam`` keeps rows whose
-    weights are all zero (or too few to determine ``a``) at ``a_old`` instead of
-    producing NaN, without moving well-determined rows measurably.
+    Row ``i`` solves ``(B diag(W_i) B^T + (alpha + lam_i) I) a_i = B diag(W_i) x_i``
+    with the rounding-level ridge ``lam_i`` of :func:`rounding_ridge`, which keeps
+    rows with too few observed entries to determine ``a_i`` finite. Rows whose
+    weights are all zero keep ``A_old`` (shrunk by ``1 / (1 + alpha)``) instead of
+    becoming NaN. The weights are divided by their largest value, and ``alpha``
+    with them, which leaves the solution unchanged and keeps float32 Gram
+    matrices clear of overflow and underflow.
 
     The Gram matrices ``G_i = sum_j W_ij b_j b_j^T`` are one matrix product
-    ``W @ P`` with ``P_j = vec(b_j b_j^T)``. Rows and columns are chunked so that
-    the chunk of ``G`` and that of ``P`` (or of ``G``'s Cholesky factor, which
-    replaces ``P``) together never take more than ``memory_budget`` bytes.
+    ``W @ P`` with ``P_j = vec(b_j b_j^T)``. What this function allocates beyond
+    its inputs and its output stays within ``memory_budget`` bytes (or one
+    ``k x k`` matrix where that is larger): a chunk of rows' ``G`` takes three
+    quarters of it; the chunk of ``P``, the batches that the Cholesky
+    factorisation and solve work on, and the chunk of ``W * X`` for the
+    right-hand sides each take at most an eighth, and ``P`` is freed before the
+    factorisation starts.
     """
     m, n = X.shape
     k = B.shape[0]
+    scale = weight_scale(W)
+    alpha = alpha / scale
     Bt = B.T
-    rhs = (W * X) @ Bt
     itemsize = X.element_size()
-    half = max(1, memory_budget // (2 * k * k * itemsize))  # matrices in half the budget
-    rows, cols = min(m, half), min(n, half)
-    eps = 1e-6 if X.dtype == torch.float32 else 1e-12
+    matrix = k * k * itemsize
+    rows = min(m, max(1, 3 * memory_budget // (4 * matrix)))
+    eighth = max(1, memory_budget // (8 * matrix))  # matrices in an eighth of the budget
+    cols, batch = min(n, eighth), min(rows, eighth)
+    rhs_rows = max(1, memory_budget // (8 * n * itemsize))
     out = torch.empty_like(A_old)
     for r in range(0, m, rows):
-        G = torch.zeros(min(rows, m - r), k * k, dtype=X.dtype, device=X.device)
+        stop = min(m, r + rows)
+        G = torch.zeros(stop - r, k * k, dtype=X.dtype, device=X.device)
         for c in range(0, n, cols):
             Bc = Bt[c : c + cols]
             P = (Bc[:, :, None] * Bc[:, None, :]).reshape(-1, k * k)
-            G.addmm_(W[r : r + rows, c : c + cols], P)
-            del P  # free before the next chunk's P (and before the Cholesky factor)
+            G.addmm_(W[r:stop, c : c + cols], P, alpha=1.0 / scale)
+            del P  # free before the next chunk's P (and before the factorisation)
         G = G.view(-1, k, k)
-        lam = eps * G.diagonal(dim1=1, dim2=2).sum(-1) / k + tiny(X.dtype) ** 0.5
+        trace = G.diagonal(dim1=1, dim2=2).sum(-1)
+        empty = (trace == 0).to(X.dtype)  # these rows solve (1 + alpha) a = a_old
+        lam = rounding_ridge(trace, k, X.dtype) + empty
         G.diagonal(dim1=1, dim2=2).add_((lam + alpha)[:, None])
-        b = rhs[r : r + rows] + lam[:, None] * A_old[r : r + rows]
-        info = torch.empty(G.shape[0], dtype=torch.int32, device=X.device)
-        torch.linalg.cholesky_ex(G, out=(G, info))  # in place: no second G-sized buffer
-        x = torch.cholesky_solve(b[:, :, None], G)[:, :, 0]
-        bad = torch.nonzero(info).flatten()
-        if bad.numel():  # numerically indefinite: least squares on those rows' rebuilt Grams
-            Gb = (B * W[r + bad, None, :]) @ Bt
-            Gb.diagonal(dim1=1, dim2=2).add_((lam[bad] + alpha)[:, None])
-            x[bad] = torch.linalg.lstsq(Gb, b[bad][:, :, None]).solution[:, :, 0]
-        out[r : r + rows] = x
+        for s in range(r, stop, batch):
+            e = min(stop, s + batch)
+            # Written in place, so that no small result lands between two chunks of
+            # W * X and keeps the allocator from reusing the first chunk's memory.
+            b = torch.empty(e - s, k, dtype=X.dtype, device=X.device)
+            for i in range(s, e, rhs_rows):
+                j = min(e, i + rhs_rows)
+                torch.mm(W[i:j] * X[i:j], Bt, out=b[i - s : j - s])
+            b.div_(scale).add_(empty[s - r : e - r, None] * A_old[s:e])
+            Gs = G[s - r : e - r]
+            info = torch.empty(e - s, dtype=torch.int32, device=X.device)
+            torch.linalg.cholesky_ex(Gs, out=(Gs, info))  # in place
+            x = torch.cholesky_solve(b[:, :, None], Gs)[:, :, 0]
+            for i in torch.nonzero(info).flatten().tolist():
+                # numerically indefinite: least squares on the rebuilt Gram matrix
+                Gi = (B * (W[s + i] / scale)) @ Bt
+                Gi.diagonal().add_(lam[s - r + i] + alpha)
+                x[i] = torch.linalg.lstsq(Gi, b[i][:, None]).solution[:, 0]
+            out[s:e] = x
     return out
 
 
 def _cg_row_update(WX, W, A, B, alpha, n_steps):
-    """``n_steps`` of Jacobi-preconditioned CG on every row's normal equations at once."""
+    """``n_steps`` of Jacobi-preconditioned CG on every row's normal equations at once.
 
-    def apply(P):  # P -> rows of (B diag(W_i) B^T + alpha I) p_i
-        return (W * (P @ B)) @ B.T + alpha * P
+    The rows solve the same systems as in :func:`weighted_row_solve` (with the
+    rounding-level ridge; rows without weight stay where they are), warm-started
+    at ``A``.
+    """
+    gram_diag = W @ B.square().T
+    trace = gram_diag.sum(1, keepdim=True)
+    lam = rounding_ridge(trace, B.shape[0], A.dtype)
+    reg = alpha + lam + (trace == 0).to(A.dtype)  # weightless rows: (1 + alpha) a = a_old
 
-    diag = (W @ B.square().T + alpha).clamp_min(tiny(A.dtype))
-    resid = WX @ B.T - apply(A)
+    def apply(P):  # P -> rows of (B diag(W_i) B^T + reg_i I) p_i
+        return (W * (P @ B)) @ B.T + reg * P
+
+    diag = gram_diag + reg
+    resid = WX @ B.T - (W * (A @ B)) @ B.T - (alpha + lam) * A
     z = resid / diag
-    p = z
     rz = (resid * z).sum(1, keepdim=True)
+    # Rows whose preconditioned residual has fallen to rounding level stop (their
+    # direction becomes zero): the ratios below would divide by subnormal numbers,
+    # which is slow and overflows.
+    eps = torch.finfo(A.dtype).eps
+    floor = (eps**2 * rz).clamp_min(tiny(A.dtype) / eps)
+    p = torch.where(rz > floor, z, 0.0)
     for _ in range(n_steps):
         Hp = apply(p)
         pHp = (p * Hp).sum(1, keepdim=True)
-        step = torch.where(pHp > 0, rz / pHp.clamp_min(tiny(A.dtype)), 0.0)
+        step = torch.where(pHp > 0, rz / torch.where(pHp > 0, pHp, 1.0), 0.0)
         A = A + step * p
         resid = resid - step * Hp
         z = resid / diag
         rz_new = (resid * z).sum(1, keepdim=True)
-        p = z + torch.where(rz > 0, rz_new / rz.clamp_min(tiny(A.dtype)), 0.0) * p
+        live = (rz_new > floor) & (rz > floor)
+        p = torch.where(live, z + rz_new / torch.where(live, rz, 1.0) * p, 0.0)
         rz = rz_new
     return A
 

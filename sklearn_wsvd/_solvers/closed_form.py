@@ -39,16 +39,22 @@ def rank_one_approximation(W):
     or constant along rows or columns.
     """
     a = W.sum(dim=1)
-    b = W.sum(dim=0) / a.sum()
+    b = W.sum(dim=0) / a.sum().clamp_min(tiny(W.dtype))  # all-zero W: zeros, not NaN
     return a, b
 
 
 def scaled_svd(X, a, b, k: int, alpha: float = 0.0, exact: bool = True):
     """Exact optimum for the weights ``a b^T``: SVD of ``diag(sqrt a) X diag(sqrt b)``, unscaled.
 
-    Rows or columns of zero weight can take any value; they get zero.
+    Rows or columns of zero weight can take any value; they get zero. With a ridge
+    the singular values of the scaled matrix are soft-thresholded by
+    ``alpha / sqrt(mean(a) mean(b))``: exact for uniform weights ``w`` (the
+    singular values of ``X`` shrink by ``alpha / w``), an approximation otherwise,
+    and in every case unchanged when the weights and ``alpha`` scale together.
     """
     sa, sb = a.sqrt(), b.sqrt()
+    if alpha:
+        alpha = alpha / max(float(a.mean() * b.mean()) ** 0.5, tiny(a.dtype))
     A, B = truncated_svd(sa[:, None] * X * sb, k, alpha, exact)
     return A * _safe_reciprocal(sa)[:, None], B * _safe_reciprocal(sb)
 
@@ -58,13 +64,23 @@ def _safe_reciprocal(v):
 
 
 def svd(X, W, k: int, alpha: float = 0.0, exact: bool = True):
-    """Plain truncated SVD: ignores the weights (the baseline)."""
+    """Plain truncated SVD: ignores the weights (the baseline).
+
+    A ridge acts as it would under uniform weights of the same mean, so the result
+    is exact for uniform weights.
+    """
+    if alpha:
+        alpha = alpha / max(float(W.mean()), tiny(W.dtype))
     return truncated_svd(X, k, alpha, exact)
 
 
 def fwsvd(X, W, k: int, alpha: float = 0.0, exact: bool = True):
-    """FWSVD (Hsu et al., 2022): one weight per row, the row sums of ``W``."""
-    return scaled_svd(X, W.sum(dim=1), torch.ones_like(W[0]), k, alpha, exact)
+    """FWSVD (Hsu et al., 2022): one weight per row, the row sums of ``W``.
+
+    The row means, in fact, which give the same factors and keep a ridge in the
+    units of ``W``.
+    """
+    return scaled_svd(X, W.mean(dim=1), torch.ones_like(W[0]), k, alpha, exact)
 
 
 def rank1(X, W, k: int, alpha: float = 0.0, exact: bool = True):

@@ -13,23 +13,31 @@ from __future__ import annotations
 
 import torch
 
-from ._common import iterate, objective
+from ._common import iterate, objective, rounding_ridge, weight_scale
+
+
+def _ridge_solve(B, F, alpha):
+    """``(B B^T + (alpha + lam) I)^{-1} B F``, with the rounding-level ridge ``lam``.
+
+    A zero ``B`` gives zero (rather than a singular system).
+    """
+    G = B @ B.T
+    trace = G.trace()
+    G.diagonal().add_(alpha + rounding_ridge(trace, B.shape[0], B.dtype) + float(trace == 0))
+    return torch.linalg.solve(G, B @ F)
 
 
 def _ridge_sweep(F, B, alpha):
-    k = B.shape[0]
-    eye = alpha * torch.eye(k, dtype=F.dtype, device=F.device)
-    A = torch.linalg.solve(B @ B.T + eye, B @ F.T).T
-    B = torch.linalg.solve(A.T @ A + eye, A.T @ F)
-    return A, B
+    A = _ridge_solve(B, F.T, alpha).T
+    return A, _ridge_solve(A.T, F, alpha)
 
 
 def em(X, W, A, B, *, alpha=0.0, max_iter=500, tol=1e-5, accelerate=True, **kw):
     """Srebro-Jaakkola EM with an ALS M-step and restarted Nesterov acceleration."""
-    scale = W.max()
-    V = W / scale
+    scale = weight_scale(W)
+    V = W / scale if scale != 1.0 else W
     VX = V * X
-    inner_alpha = alpha / float(scale) + 1e-12 * float(V.mean())
+    inner_alpha = alpha / scale
     state = {"L_prev": A @ B, "t": 1.0, "f": objective(X, W, A, B, alpha)}
 
     def fill(L):
