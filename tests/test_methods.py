@@ -253,3 +253,45 @@ def test_stages_follow_the_blocks_of_a_transformer():
     groups = stages(bert, names)
     assert [len(g) for g in groups] == [6, 6, 1, 1]  # two blocks, the pooler, the head
     assert all(n.startswith("bert.encoder.layer.0.") for n in groups[0])
+
+
+@pytest.mark.parametrize("make", ["bert", "gpt2"])
+def test_block_runner_matches_full_forward_passes(make, monkeypatch):
+    """Running block by block on cached hidden states is the same computation."""
+    from test_compress import tiny_gpt2
+
+    from sklearn_wsvd.compress import _sequential
+
+    model = tiny_bert() if make == "bert" else tiny_gpt2()
+    batches = token_batches(n_batches=2, size=3)
+    if make == "gpt2":
+        batches = [{"input_ids": b["input_ids"]} for b in batches]
+    else:
+        for b in batches:
+            b["attention_mask"] = torch.ones_like(b["input_ids"])
+            b["attention_mask"][0, -3:] = 0
+    kw = dict(
+        ratio=0.3,
+        method="svd-llm",
+        batches=batches,
+        sequential=True,
+        progress=False,
+        dtype="float64",
+    )
+    fast, report = compress_model(model, **kw)
+    names = [r.name for r in report.layers]
+    groups = _sequential.stages(model, names)
+    assert _sequential.BlockRunner.create(model, groups, batches, None) is not None
+    calls = []
+    original = _sequential.BlockRunner.create
+    monkeypatch.setattr(
+        _sequential.BlockRunner, "create", classmethod(lambda cls, *a: calls.append(1))
+    )
+    slow, slow_report = compress_model(model, **kw)
+    monkeypatch.setattr(_sequential.BlockRunner, "create", original)
+    assert calls  # the slow path really ran
+    for a, b in zip(report.layers, slow_report.layers, strict=True):
+        assert a.output_error == pytest.approx(b.output_error, rel=1e-6, abs=1e-9)
+    ids = batches[0]["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(fast(input_ids=ids)[0], slow(input_ids=ids)[0])

@@ -17,7 +17,14 @@ from tqdm.auto import tqdm
 
 from .._whitening import metric_root
 from ..metrics import loss_estimate, output_error, truncated
-from ._sequential import corrected, layer_statistics, paired_errors, paired_inputs, stages
+from ._sequential import (
+    BlockRunner,
+    corrected,
+    layer_statistics,
+    paired_errors,
+    paired_inputs,
+    stages,
+)
 from ._targets import find_targets
 from .calibration import LayerStatistics, collect_statistics
 from .layers import LowRankLinear, dense_weight, linear_shape, set_submodule
@@ -551,11 +558,16 @@ def compress_model(
         )
 
     bar = tqdm(total=len(names), desc="compress", disable=not progress)
-    for stage in stages(model, names) if sequential else [names]:
+    groups = stages(model, names) if sequential else [names]
+    runner = BlockRunner.create(model, groups, batches, loss_fn) if sequential else None
+    for stage in groups:
         paired = {}
-        if sequential:
-            todo = [n for n in stage if plan[n] is not None]
-            paired = paired_inputs(model, todo, replace.swap, batches, loss_fn) if todo else {}
+        todo = [n for n in stage if plan[n] is not None]
+        block = runner.block_of(stage) if runner is not None else None
+        if block is not None:
+            paired = runner.paired_inputs(block, todo) if todo else {}
+        elif sequential and todo:
+            paired = paired_inputs(model, todo, replace.swap, batches, loss_fn)
         # A generator: joblib takes the layers one by one, only a few are in flight at once.
         jobs = (
             delayed(_factorise)(n, *inputs(n, paired), plan[n], method, options, risk_threshold)
@@ -578,6 +590,8 @@ def compress_model(
             report.layers.append(
                 LayerReport(name, (m, n), k, m * n, k * (m + n), method, used, seconds, **errors)
             )
+        if block is not None:
+            runner.advance(block)
     bar.close()
     report.model_params_after = _count(model)
     report.seconds = time.perf_counter() - start
