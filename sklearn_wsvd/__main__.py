@@ -1,132 +1,341 @@
-"""Command line: ``python -m sklearn_wsvd {demo,compress}``."""
+"""Command line: ``python -m sklearn_wsvd {demo,compress}``.
+
+``compress`` compresses a local Hugging Face model directory: it checks every
+option and file before loading anything, calibrates on ``--data``, measures the
+model before and after on a held-out part of it, prints the per-layer report,
+and saves a directory that ``from_pretrained`` loads (after ``import
+sklearn_wsvd.compress``). A mistake in the command line or its files prints one
+``error: ...`` line and exits with status 2; ``--debug`` adds the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
-import csv
+import math
+import os
+import re
 import sys
-import time
+import traceback
+import warnings
 from pathlib import Path
+
+from ._cli import DTYPES, HEADS, REPORTS, TASKS, UsageError, compress
+
+EXAMPLES = """\
+examples:
+  # a fine-tuned classifier, calibrated on its labelled data (method auto: kfac)
+  python -m sklearn_wsvd compress my-bert-sst2/ --data train.csv --ratio 0.4 --out small/
+  # a sentence encoder, calibrated on unlabelled text (method auto: svd-llm)
+  python -m sklearn_wsvd compress all-MiniLM-L6-v2/ --data sentences.txt \\
+      --param-budget 0.5 --out small/
+  # a causal LM on text: perplexity before and after on 10% of the lines
+  python -m sklearn_wsvd compress gpt2/ --data wiki.txt --ratio 0.5 --sequential \\
+      --report json --report-file report.json --out small/
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+# Argument types: a bad value is an argparse error naming the option. ----------------
+
+
+def _fraction(low_open: bool = True, high_open: bool = True):
+    def parse(text):
+        value = float(text)
+        low = value > 0 if low_open else value >= 0
+        high = value < 1 if high_open else value <= 1
+        if not (low and high and math.isfinite(value)):
+            interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"must be in {interval}, got {text}")
+        return value
+
+    parse.__name__ = "fraction"
+    return parse
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _param_budget(text):
+    """An integer is a count of weights, anything else a fraction of the target layers'."""
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"must be a count of weights (an integer) or a fraction in (0, 1], got {text!r}"
+        )
+    return value
+
+
+def _regex(text):
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"not a valid regular expression ({exc})") from None
+    return text
+
+
+def _n_jobs(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value == 0:
+        raise argparse.ArgumentTypeError("must not be 0 (-1 uses every core)")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ._solvers import SOLVERS
+    from .compress import METHODS
+    from .compress._compress import DEFAULT_METHOD, DEFAULT_MIN_SAVING
+
+    parser = _Parser(prog="python -m sklearn_wsvd", description=__doc__, formatter_class=_Formatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,compress}")
+
+    p = sub.add_parser(
+        "demo",
+        help="compress a packaged transformer: plain SVD against the default method",
+        description=_demo_description(),
+        formatter_class=_Formatter,
+    )
+    p.add_argument(
+        "--ratio",
+        metavar="F",
+        type=_fraction(),
+        default=0.3,
+        help="fraction of each encoder layer's weights to keep",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(func=demo)
+
+    methods = "; ".join(f"{name}: {spec.summary}" for name, spec in METHODS.items())
+    p = sub.add_parser(
+        "compress",
+        help="compress a local Hugging Face model directory",
+        description=compress.__doc__,
+        epilog=EXAMPLES,
+        formatter_class=_Formatter,
+    )
+    p.add_argument(
+        "model",
+        metavar="MODEL_DIR",
+        type=Path,
+        help="a local Hugging Face model directory with config.json (never looked up on a hub)",
+    )
+    p.add_argument(
+        "--task",
+        choices=TASKS,
+        default="auto",
+        help="what the model is. auto reads config.json's architectures: *ForCausalLM or "
+        "*LMHeadModel -> causal-lm, *ForSequenceClassification -> sequence-classification, "
+        "anything else -> feature-extraction (the bare model: no head is added)",
+    )
+
+    data = p.add_argument_group("data")
+    data.add_argument(
+        "--data",
+        metavar="PATH",
+        type=Path,
+        help="calibration and evaluation texts: a .txt file (one text per line) or a .csv/.tsv "
+        "file with a header. Labels are needed only by sequence-classification methods that "
+        "use a loss (a label column of names from config.json's label2id, or ids); causal-lm "
+        "and feature-extraction read text only",
+    )
+    data.add_argument(
+        "--text-column", metavar="NAME", default="text", help="the text column of a CSV"
+    )
+    data.add_argument(
+        "--label-column", metavar="NAME", default="label", help="the label column of a CSV"
+    )
+    data.add_argument(
+        "--calibration-samples",
+        metavar="N",
+        type=_positive_int,
+        default=128,
+        help="texts to calibrate on (at most; the held-out ones are never used)",
+    )
+    data.add_argument(
+        "--eval-fraction",
+        metavar="F",
+        type=_fraction(low_open=False),
+        default=0.1,
+        help="fraction of --data held out to measure the model before and after: perplexity "
+        "(causal-lm), accuracy and loss (labelled sequence-classification), cosine similarity "
+        "of the mean-pooled embeddings (feature-extraction); 0 skips it",
+    )
+    data.add_argument("--seed", metavar="N", type=int, default=0, help="seed of the held-out split")
+    data.add_argument(
+        "--batch-size", metavar="N", type=_positive_int, default=8, help="texts per batch"
+    )
+    data.add_argument(
+        "--max-length",
+        metavar="N",
+        type=_positive_int,
+        default=128,
+        help="tokens per text (truncated)",
+    )
+
+    how = p.add_argument_group("compression (give one of --ratio, --rank, --param-budget)")
+    size = how.add_mutually_exclusive_group(required=True)
+    size.add_argument(
+        "--ratio",
+        metavar="F",
+        type=_fraction(),
+        help="fraction of each layer's weights to keep, in (0, 1)",
+    )
+    size.add_argument(
+        "--rank", metavar="K", type=_positive_int, help="the same rank for every layer"
+    )
+    size.add_argument(
+        "--param-budget",
+        metavar="N|F",
+        type=_param_budget,
+        help="weights to keep over all target layers: a count (an integer) or a fraction "
+        "(0.4), spread where they lower the predicted damage most",
+    )
+    how.add_argument(
+        "--method",
+        choices=("auto", *METHODS),
+        default="auto",
+        help=f"auto: {DEFAULT_METHOD!r} when the data define a loss (labels, or text for a "
+        "causal LM), 'svd-llm' with unlabelled data, 'svd' without data. " + methods,
+    )
+    how.add_argument(
+        "--solver", choices=SOLVERS, default="auto", help="solver of the 'tfwsvd' method"
+    )
+    how.add_argument(
+        "--sequential",
+        action="store_true",
+        help="fit block by block to the inputs the compressed blocks give (needs --data and a "
+        "method that uses the inputs); passes over the calibration data twice per block",
+    )
+    how.add_argument(
+        "--min-saving",
+        metavar="F",
+        type=_fraction(low_open=False),
+        default=DEFAULT_MIN_SAVING,
+        help="a layer is factorised only if that saves this fraction of its weights",
+    )
+    how.add_argument(
+        "--target",
+        metavar="REGEX",
+        type=_regex,
+        help="regex matched against whole layer names, e.g. '.*\\.(query|key|value)'; "
+        "default: every linear layer but the heads",
+    )
+    how.add_argument(
+        "--exclude", type=_regex, metavar="REGEX", help="regex of layer names to leave alone"
+    )
+    how.add_argument(
+        "--include-heads",
+        action="store_true",
+        help=f"also compress the layers matching {HEADS!r} (classifier, pooler); the output "
+        "embedding head (lm_head) is always left alone",
+    )
+    how.add_argument(
+        "--n-jobs",
+        metavar="N",
+        type=_n_jobs,
+        help="layers factorised in parallel (joblib); -1: all cores",
+    )
+
+    run = p.add_argument_group("running and output")
+    run.add_argument(
+        "--device", metavar="DEVICE", default="auto", help="cpu, cuda, cuda:1...; auto: cuda if any"
+    )
+    run.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype to load in")
+    run.add_argument(
+        "--out",
+        metavar="DIR",
+        type=Path,
+        help="directory to save to (new or empty); without it, nothing saved",
+    )
+    run.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
+    run.add_argument(
+        "--report",
+        choices=REPORTS,
+        default="text",
+        help="format of the report on stdout (with json or csv, messages go to stderr)",
+    )
+    run.add_argument(
+        "--report-file",
+        metavar="PATH",
+        type=Path,
+        help="also write the report there, as .json, .csv or .txt (by its suffix)",
+    )
+    run.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(func=compress)
+    return parser
+
+
+def _demo_description():
+    from ._demo import __doc__ as doc
+
+    return doc
 
 
 def demo(args) -> int:
-    """Run the bundled end-to-end example (a weighted fit, then a model compression)."""
+    """Compress a packaged transformer (the README's first command)."""
     from ._demo import main
 
-    main(args.rank)
-    return 0
-
-
-def _read_labelled_csv(path, text_column, label_column, label2id):
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or text_column not in rows[0] or label_column not in rows[0]:
-        raise SystemExit(f"{path} needs the columns {text_column!r} and {label_column!r}.")
-    texts = [r[text_column] for r in rows]
-    raw = [r[label_column] for r in rows]
-    if all(v.lstrip("-").isdigit() for v in raw):
-        return texts, [int(v) for v in raw]
-    missing = sorted(set(raw) - set(label2id))
-    if missing:
-        raise SystemExit(f"labels {missing} are not in the model's label2id {label2id}.")
-    return texts, [label2id[v] for v in raw]
-
-
-def compress(args) -> int:
-    """Compress a Hugging Face model directory and save it with save_compressed."""
-    import torch
-    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
-
-    from .compress import compress_model, fisher_importance, save_compressed
-
-    sizes = {"rank": args.rank, "ratio": args.ratio, "param_budget": args.param_budget}
-    if sum(v is not None for v in sizes.values()) != 1:
-        raise SystemExit("Give exactly one of --rank, --ratio or --param-budget.")
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    importance = None
-    if args.data:
-        model = AutoModelForSequenceClassification.from_pretrained(args.model)
-        texts, labels = _read_labelled_csv(
-            args.data, args.text_column, args.label_column, model.config.label2id
-        )
-        texts, labels = texts[: args.fisher_samples], torch.tensor(labels[: args.fisher_samples])
-
-        def batches():
-            for i in range(0, len(texts), 16):
-                enc = tokenizer(
-                    texts[i : i + 16],
-                    padding=True,
-                    truncation=True,
-                    max_length=128,
-                    return_tensors="pt",
-                )
-                yield {**enc, "labels": labels[i : i + 16]}
-
-        start = time.perf_counter()
-        importance = fisher_importance(
-            model,
-            batches(),
-            target_modules=args.target,
-            exclude_modules=args.exclude,
-            per_sample=args.per_sample,
-            progress=True,
-        )
-        print(f"Fisher importance of {len(texts)} samples: {time.perf_counter() - start:.1f} s")
-    else:
-        model = AutoModel.from_pretrained(args.model)
-    start = time.perf_counter()
-    budget = args.param_budget
-    if budget is not None:
-        budget = float(budget) if "." in budget else int(budget)
-    model, report = compress_model(
-        model,
-        rank=args.rank,
-        ratio=args.ratio,
-        param_budget=budget,
-        importance=importance,
-        solver=args.solver,
-        target_modules=args.target,
-        exclude_modules=args.exclude,
-        inplace=True,
-        n_jobs=args.n_jobs,
-    )
-    print(report)
-    print(f"compressed in {time.perf_counter() - start:.1f} s")
-    if args.out:
-        save_compressed(model, args.out)
-        tokenizer.save_pretrained(args.out)
-        print(f"saved to {args.out}; reload with sklearn_wsvd.compress.load_compressed")
+    main(args.ratio)
     return 0
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sklearn_wsvd", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help=demo.__doc__, description=demo.__doc__)
-    p.add_argument("--rank", type=int, default=8, help="rank of the matrix example")
-    p.set_defaults(func=demo)
+    """Run the command line; returns the exit status (2 for a usage error)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    # The command line reads local directories only: nothing may go to a hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        try:
+            args = build_parser().parse_args(argv)
+            return args.func(args)
+        except SystemExit as exc:  # --help
+            return exc.code if isinstance(exc.code, int) else 0
+        except KeyboardInterrupt:
+            return 130
+        except (UsageError, ValueError) as exc:
+            return _fail(exc, 2, debug)
+        except Exception as exc:  # anything else: one line too, the traceback with --debug
+            return _fail(exc, 1, debug)
 
-    p = sub.add_parser("compress", help=compress.__doc__, description=compress.__doc__)
-    p.add_argument("model", type=Path, help="a local Hugging Face model directory")
-    size = p.add_mutually_exclusive_group(required=True)
-    size.add_argument("--rank", type=int, help="the same rank for every layer")
-    size.add_argument("--ratio", type=float, help="fraction of each layer's weights to keep")
-    size.add_argument(
-        "--param-budget", help="weights to keep over all layers: a count, or a fraction like 0.4"
-    )
-    p.add_argument("--data", type=Path, help="labelled CSV for Fisher importance")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--label-column", default="label")
-    p.add_argument("--fisher-samples", type=int, default=256)
-    p.add_argument("--per-sample", action="store_true", help="per-sample squared gradients")
-    p.add_argument("--solver", default="auto")
-    p.add_argument("--target", help="regex of the layer names to compress")
-    p.add_argument("--exclude", help="regex of the layer names to leave alone")
-    p.add_argument("--n-jobs", type=int, default=None)
-    p.add_argument("--out", type=Path, help="directory to save the compressed model to")
-    p.set_defaults(func=compress)
-    args = parser.parse_args(argv)
-    return args.func(args)
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def _fail(exc, status, debug) -> int:
+    if debug:
+        traceback.print_exception(exc)
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if status != 2:
+        text = f"{type(exc).__name__}: {text}" + ("" if debug else " (--debug shows the traceback)")
+    print(f"error: {text}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

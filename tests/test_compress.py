@@ -11,7 +11,6 @@ from sklearn_wsvd.compress import (
     compress_model,
     find_targets,
     fisher_importance,
-    load_compressed,
 )
 from sklearn_wsvd.metrics import svd_risk
 
@@ -343,37 +342,6 @@ def test_risk_threshold_spends_the_iterative_solver_only_on_risky_layers():
         if r.rank is not None
     }
     assert solvers == expected and set(solvers.values()) == {"rank1", "als"}
-
-
-# Command line --------------------------------------------------------------------
-
-
-def test_cli_compresses_a_saved_hugging_face_model(tmp_path, capsys):
-    from sklearn_wsvd.__main__ import main
-
-    transformers = pytest.importorskip("transformers")
-    words = ["good", "bad", "great", "awful", "movie", "the", "was", "not"]
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
-    tokenizer = transformers.BertTokenizer(str(vocab))
-    model = tiny_bert()
-    model.config.vocab_size = 60
-    model.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
-    data = tmp_path / "train.csv"
-    rows = ["text,label"] + [f"the movie was {w},{i % 2}" for i, w in enumerate(words * 4)]
-    data.write_text("\n".join(rows) + "\n")
-    out = tmp_path / "out"
-    argv = ["compress", str(tmp_path / "model"), "--rank", "4", "--data", str(data)]
-    argv += ["--target", r"bert\.encoder\..*", "--out", str(out)]
-    assert main(argv) == 0
-    printed = capsys.readouterr().out
-    assert "layer.0.intermediate.dense" in printed and "whole model" in printed
-    loaded = load_compressed(out).eval()
-    assert isinstance(loaded.bert.encoder.layer[0].intermediate.dense, LowRankLinear)
-    assert isinstance(loaded.bert.pooler.dense, nn.Linear)
-    with pytest.raises(SystemExit):
-        main(["compress", str(tmp_path / "model")])  # no size given
 
 
 def test_packaged_minilm_loads_offline_and_compresses(monkeypatch):

@@ -3,6 +3,7 @@
 from ._compress import CompressionReport, LayerReport, allocate_ranks, compress_model
 from ._targets import find_targets
 from .calibration import InputStatistics, LayerStatistics, collect_statistics, merge_statistics
+from .evaluation import accuracy, embeddings, perplexity
 from .importance import fisher_importance
 from .io import load_compressed, save_compressed
 from .layers import LowRankLinear, merge_lowrank
@@ -15,14 +16,17 @@ __all__ = [
     "LayerReport",
     "LayerStatistics",
     "LowRankLinear",
+    "accuracy",
     "allocate_ranks",
     "collect_statistics",
     "compress_model",
+    "embeddings",
     "find_targets",
     "fisher_importance",
     "load_compressed",
     "merge_lowrank",
     "merge_statistics",
+    "perplexity",
     "register_method",
     "save_compressed",
 ]

@@ -1,0 +1,497 @@
+"""The ``compress`` command: check every option and file, then load, calibrate, compress,
+evaluate on held-out data, report and save. ``python -m sklearn_wsvd`` parses the command line."""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import io
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TASKS = ("auto", "causal-lm", "sequence-classification", "feature-extraction")
+# Layers that are heads, not body: left alone unless --include-heads. The output
+# embedding head (lm_head) is skipped by compress_model itself.
+HEADS = r"(.*\.)?(pooler|classifier|pre_classifier|score)(\..*)?"
+DTYPES = ("float32", "float16", "bfloat16")
+REPORTS = ("text", "json", "csv")
+REPORT_SUFFIXES = {".json": "json", ".csv": "csv", ".txt": "text"}
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+)
+LOSS_KINDS = {"fisher", "output_gradients"}
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its files: one line on stderr, exit status 2."""
+
+
+# Validation: everything that can be checked before a model is loaded. --------------
+
+
+@dataclass
+class _Plan:
+    path: Path
+    config: dict
+    task: str
+    texts: list[str] = field(default_factory=list)
+    labels: list[int] | None = None
+    n_eval: int = 0
+    exclude: str | None = None
+    device: str = "cpu"
+    sentence_transformer: bool = False
+    report_file_format: str | None = None
+
+
+def _check(args) -> _Plan:
+    path = args.model
+    if not path.exists():
+        raise UsageError(f"{path}: no such directory")
+    if not path.is_dir():
+        raise UsageError(f"{path} is not a directory (give a local Hugging Face model directory)")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise UsageError(f"{path} has no config.json: not a Hugging Face model directory")
+    try:
+        config = json.loads(config_file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{config_file} is not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"{config_file} is not a JSON object")
+    plan = _Plan(path, config, _task(args.task, config, config_file))
+    plan.sentence_transformer = plan.task == "feature-extraction" and _has_sentence_transformers(
+        path
+    )
+    if args.data is not None:
+        plan.texts, plan.labels = _read_data(args, plan)
+        n = len(plan.texts)
+        # A classifier without labels has nothing to be evaluated on: calibrate on everything.
+        evaluable = plan.task != "sequence-classification" or plan.labels is not None
+        plan.n_eval = math.ceil(args.eval_fraction * n) if evaluable else 0
+        if n - plan.n_eval < 1:
+            raise UsageError(
+                f"{args.data} has {n} text(s): none left to calibrate on after holding out "
+                f"--eval-fraction {args.eval_fraction}"
+            )
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise UsageError(f"{path} has no tokenizer files: --data cannot be tokenized")
+    _check_method(args, plan)
+    plan.exclude = _exclusions(args)
+    _check_targets(args, plan)
+    plan.device = _device(args.device)
+    _check_outputs(args, plan)
+    return plan
+
+
+def _task(requested, config, source) -> str:
+    from transformers.models.auto import modeling_auto as auto
+
+    def names(mapping):
+        out = set()
+        for value in mapping.values():
+            out.update([value] if isinstance(value, str) else value)
+        return out
+
+    architectures = config.get("architectures") or []
+    causal = any(
+        a in names(auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) or a.endswith("ForCausalLM")
+        for a in architectures
+    )
+    classifier = any(
+        a in names(auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
+        or a.endswith("ForSequenceClassification")
+        for a in architectures
+    )
+    if requested == "auto":
+        task = "causal-lm" if causal else "sequence-classification" if classifier else None
+        task = task or "feature-extraction"
+    else:
+        task = requested
+        wanted = {"causal-lm": causal, "sequence-classification": classifier}.get(task, True)
+        if not wanted:
+            raise UsageError(
+                f"--task {task}: {source} names the architectures {architectures}, without "
+                f"a {task} head; loading one would add untrained weights"
+            )
+    mapping = {
+        "causal-lm": auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        "sequence-classification": auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+        "feature-extraction": auto.MODEL_MAPPING_NAMES,
+    }[task]
+    model_type = config.get("model_type")
+    if model_type not in mapping:
+        raise UsageError(
+            f"{source}: transformers has no {task} model for model_type {model_type!r}"
+        )
+    return task
+
+
+def _has_sentence_transformers(path) -> bool:
+    import importlib.util
+
+    return (path / "modules.json").is_file() and bool(
+        importlib.util.find_spec("sentence_transformers")
+    )
+
+
+def _read_data(args, plan):
+    """The texts of --data and, for a classifier with a label column, their label ids."""
+    path = args.data
+    if not path.is_file():
+        raise UsageError(f"--data {path}: no such file")
+    want_labels = plan.task == "sequence-classification"
+    suffix = path.suffix.lower()
+    texts, raw = [], []
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            if suffix not in (".csv", ".tsv"):
+                texts = [line.strip() for line in f if line.strip()]
+            else:
+                reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+                columns = reader.fieldnames or []
+                if args.text_column not in columns:
+                    raise UsageError(
+                        f"--data {path} has no column {args.text_column!r} (its columns: "
+                        f"{', '.join(columns) or 'none'}); name one with --text-column"
+                    )
+                labelled = want_labels and args.label_column in columns
+                for row in reader:
+                    text = (row.get(args.text_column) or "").strip()
+                    if not text:
+                        continue
+                    texts.append(text)
+                    if labelled:
+                        raw.append((reader.line_num, (row.get(args.label_column) or "").strip()))
+    except csv.Error as exc:
+        raise UsageError(f"--data {path} is not a valid CSV ({exc})") from None
+    except OSError as exc:
+        raise UsageError(f"--data {path}: {exc.strerror or exc}") from None
+    if not texts:
+        raise UsageError(f"--data {path} holds no text")
+    return texts, (_label_ids(raw, plan.config, path) if raw else None)
+
+
+def _label_ids(raw, config, path) -> list[int]:
+    """Label names (config.json's label2id) or ids in [0, num_labels), checked row by row."""
+    n = len(config.get("id2label") or {}) or int(config.get("num_labels") or 2)
+    label2id = config.get("label2id") or {f"LABEL_{i}": i for i in range(n)}
+    out = []
+    for line, value in raw:
+        if value in label2id:
+            out.append(int(label2id[value]))
+        elif value.lstrip("-").isdigit() and 0 <= int(value) < n:
+            out.append(int(value))
+        else:
+            names = ", ".join(map(repr, label2id))
+            raise UsageError(
+                f"--data {path}, line {line}: label {value!r} is not one of the model's {n} "
+                f"labels (ids 0 to {n - 1}, or the names in config.json's label2id: {names})"
+            )
+    return out
+
+
+def _check_method(args, plan):
+    from .compress import METHODS
+
+    has_text = bool(plan.texts)
+    has_loss = (plan.task == "causal-lm" and has_text) or plan.labels is not None
+    needs = () if args.method == "auto" else METHODS[args.method].needs
+    inputs_only = ", ".join(n for n, m in METHODS.items() if m.needs == ("inputs",))
+    if LOSS_KINDS & set(needs) and not has_loss:
+        if plan.task == "feature-extraction":
+            why = "a feature-extraction model has no loss"
+        elif not has_text:
+            why = "give --data (text for a causal LM, a labelled CSV for a classifier)"
+        else:
+            why = f"--data {args.data} has no label column {args.label_column!r}"
+        raise UsageError(
+            f"--method {args.method} needs the gradients of a loss: {why}; or use a method "
+            f"that needs only inputs ({inputs_only}) or 'svd'"
+        )
+    if needs and not has_text:
+        raise UsageError(f"--method {args.method} needs calibration data: give --data")
+    if args.sequential:
+        if not has_text:
+            raise UsageError("--sequential needs calibration data: give --data")
+        if args.method != "auto" and "inputs" not in needs:
+            uses = ", ".join(n for n, m in METHODS.items() if "inputs" in m.needs)
+            raise UsageError(
+                f"--sequential refits layers to their inputs; --method {args.method} does not "
+                f"use them (use {uses})"
+            )
+    if args.solver != "auto" and args.method != "tfwsvd":
+        raise UsageError(f"--solver applies to --method tfwsvd only, not {args.method}")
+
+
+def _check_targets(args, plan):
+    """--target and --exclude must match layers: checked on the model's skeleton (meta device)."""
+    import torch
+    import transformers
+
+    from .compress import find_targets
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(plan.path, local_files_only=True)
+        with torch.device("meta"):
+            skeleton = _auto_class(plan.task).from_config(config)
+    except Exception as exc:  # transformers' own errors for a config it cannot build
+        raise UsageError(f"{plan.path}: transformers cannot build its model ({exc})") from None
+    try:
+        find_targets(skeleton, args.target, plan.exclude)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _auto_class(task):
+    import transformers
+
+    return {
+        "causal-lm": transformers.AutoModelForCausalLM,
+        "sequence-classification": transformers.AutoModelForSequenceClassification,
+        "feature-extraction": transformers.AutoModel,
+    }[task]
+
+
+def _exclusions(args) -> str | None:
+    parts = [] if args.include_heads else [HEADS]
+    if args.exclude:
+        parts.append(args.exclude)
+    return "|".join(f"(?:{p})" for p in parts) or None
+
+
+def _device(name) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"argument --device: {name!r} is not a torch device") from None
+    backend = getattr(torch, device.type, None)
+    if device.type != "cpu" and not (backend is not None and backend.is_available()):
+        raise UsageError(f"argument --device: {device.type} is not available on this machine")
+    return str(device)
+
+
+def _check_outputs(args, plan):
+    out = args.out
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {out} is a file, not a directory")
+        if out.exists() and out.resolve() == plan.path.resolve():
+            raise UsageError("--out is the model directory itself: choose another")
+        if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+            raise UsageError(f"--out {out} is not empty (pass --overwrite to write into it)")
+    if args.report_file is not None:
+        fmt = REPORT_SUFFIXES.get(args.report_file.suffix.lower())
+        if fmt is None:
+            raise UsageError(f"--report-file {args.report_file} must end in .json, .csv or .txt")
+        if not args.report_file.parent.is_dir():
+            raise UsageError(f"--report-file: no directory {args.report_file.parent}")
+        plan.report_file_format = fmt
+
+
+# Running. ------------------------------------------------------------------------------
+
+
+def compress(args) -> int:
+    """Compress a local Hugging Face model directory: calibrate, compress, evaluate, save."""
+    plan = _check(args)
+    say = _messages(args.report)
+    start = time.perf_counter()
+    model, tokenizer, saved = _load(args, plan)
+    say(
+        f"{plan.path}: {type(model).__name__} ({plan.task}), "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters, on {plan.device}"
+    )
+    calibration, held_out = _batches(args, plan, model, tokenizer)
+    if calibration:
+        n_calibration = len(plan.texts) - plan.n_eval
+        say(
+            f"calibrating on {min(n_calibration, args.calibration_samples)} texts of {args.data}"
+            + (f", {plan.n_eval} held out for evaluation" if plan.n_eval else "")
+        )
+    evaluate = _evaluator(plan.task, plan.labels is not None)
+    before = evaluate(model, held_out) if held_out and evaluate else None
+
+    from .compress import compress_model, save_compressed
+
+    model, report = compress_model(
+        model,
+        rank=args.rank,
+        ratio=args.ratio,
+        param_budget=args.param_budget,
+        method=args.method,
+        batches=calibration,
+        sequential=args.sequential,
+        target_modules=args.target,
+        exclude_modules=plan.exclude,
+        min_saving=args.min_saving,
+        solver=args.solver,
+        inplace=True,
+        n_jobs=args.n_jobs,
+        progress=True,
+    )
+    evaluation = None
+    if before is not None:
+        evaluation = _compare(plan.task, before, evaluate(model, held_out), plan.n_eval)
+    texts = {fmt: _format_report(report, evaluation, plan.task, fmt) for fmt in REPORTS}
+    print(texts[args.report], end="")
+    if plan.report_file_format:
+        args.report_file.write_text(texts[plan.report_file_format])
+    if evaluation:
+        say(evaluation["summary"])
+    if args.out is not None:
+        save_compressed(
+            saved, args.out, report=report, base_model=str(plan.path), method=report.method
+        )
+        if tokenizer is not None and not plan.sentence_transformer:
+            tokenizer.save_pretrained(args.out)
+        how = "SentenceTransformer(OUT)" if plan.sentence_transformer else "from_pretrained(OUT)"
+        say(f"saved to {args.out}; load it with {how} after `import sklearn_wsvd.compress`")
+    say(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _messages(report_format):
+    """Messages go to stdout beside a text report, to stderr beside a JSON or CSV one."""
+    stream = sys.stdout if report_format == "text" else sys.stderr
+
+    def say(message):
+        print(message, file=stream, flush=True)
+
+    return say
+
+
+def _load(args, plan):
+    """The model (on its device, in eval mode), its tokenizer, and what save_compressed saves."""
+    import torch
+    import transformers
+    from packaging.version import Version
+
+    dtype = getattr(torch, args.dtype)
+    key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    if plan.sentence_transformer:
+        from sentence_transformers import SentenceTransformer
+
+        saved = SentenceTransformer(
+            str(plan.path), device=plan.device, local_files_only=True, model_kwargs={key: dtype}
+        )
+        model = next(m.auto_model for m in saved if hasattr(m, "auto_model"))
+        tokenizer = saved.tokenizer
+    else:
+        model = _auto_class(plan.task).from_pretrained(
+            plan.path, local_files_only=True, **{key: dtype}
+        )
+        saved = model = model.to(plan.device)
+        tokenizer = None
+        if any((plan.path / name).is_file() for name in TOKENIZER_FILES):
+            tokenizer = transformers.AutoTokenizer.from_pretrained(plan.path, local_files_only=True)
+    model.eval()
+    if tokenizer is not None and tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UsageError(f"{plan.path}: its tokenizer has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token  # GPT-2 style: padding is masked anyway
+    return model, tokenizer, saved
+
+
+def _batches(args, plan, model, tokenizer):
+    """Calibration and held-out batches (lists of dicts on the model's device), or Nones."""
+    if not plan.texts:
+        return None, None
+    import numpy as np
+    import torch
+
+    order = np.random.default_rng(args.seed).permutation(len(plan.texts))
+    held, rest = order[: plan.n_eval], order[plan.n_eval :][: args.calibration_samples]
+    accepted = {
+        name
+        for name, param in inspect.signature(model.forward).parameters.items()
+        if param.kind is not inspect.Parameter.VAR_KEYWORD
+    }
+
+    def encode(indices):
+        out = []
+        for i in range(0, len(indices), args.batch_size):
+            chunk = indices[i : i + args.batch_size]
+            enc = tokenizer(
+                [plan.texts[j] for j in chunk],
+                padding=True,
+                truncation=True,
+                max_length=args.max_length,
+                return_tensors="pt",
+            )
+            batch = {k: v.to(plan.device) for k, v in enc.items() if k in accepted}
+            if plan.task == "causal-lm":
+                mask = batch.get("attention_mask")
+                labels = batch["input_ids"]
+                batch["labels"] = labels if mask is None else labels.masked_fill(mask == 0, -100)
+            elif plan.labels is not None:
+                batch["labels"] = torch.tensor([plan.labels[j] for j in chunk], device=plan.device)
+            out.append(batch)
+        return out
+
+    return encode(rest), encode(held)
+
+
+def _evaluator(task, labelled):
+    from .compress import evaluation
+
+    if task == "causal-lm":
+        return lambda model, batches: evaluation.perplexity(model, batches, progress=True)
+    if task == "sequence-classification":
+        if not labelled:
+            return None
+        return lambda model, batches: evaluation.accuracy(model, batches, progress=True)
+    return lambda model, batches: evaluation.embeddings(model, batches, progress=True)
+
+
+def _compare(task, before, after, n) -> dict:
+    if task == "causal-lm":
+        return {
+            "perplexity_before": before,
+            "perplexity_after": after,
+            "summary": f"perplexity on {n} held-out texts: {before:.3f} -> {after:.3f}",
+        }
+    if task == "sequence-classification":
+        return {
+            "accuracy_before": before[0],
+            "accuracy_after": after[0],
+            "loss_before": before[1],
+            "loss_after": after[1],
+            "summary": f"accuracy on {n} held-out texts: {before[0]:.3f} -> {after[0]:.3f} "
+            f"(loss {before[1]:.4f} -> {after[1]:.4f})",
+        }
+    import torch
+
+    cosine = float(torch.nn.functional.cosine_similarity(before, after, dim=1).mean())
+    return {
+        "embedding_cosine_similarity": cosine,
+        "summary": f"embeddings of {n} held-out texts: mean cosine similarity to the "
+        f"original's {cosine:.4f}",
+    }
+
+
+def _format_report(report, evaluation, task, fmt) -> str:
+    if fmt == "text":
+        return f"{report}\n"
+    if fmt == "json":
+        payload = {**report.to_dict(), "task": task, "evaluation": evaluation}
+        return json.dumps(payload, indent=2) + "\n"
+    rows = report.to_dict()["layers"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["name"])
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "shape": "x".join(map(str, row["shape"]))})
+    return buffer.getvalue()

@@ -1,0 +1,369 @@
+"""The command line: validation before loading, one-line errors, and whole runs on tiny models."""
+
+import csv
+import io
+import json
+import random
+
+import pytest
+import torch
+from torch import nn
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+from sklearn_wsvd import __main__ as cli  # noqa: E402
+from sklearn_wsvd import _cli  # noqa: E402
+from sklearn_wsvd.compress import LowRankLinear, load_compressed  # noqa: E402
+
+WORDS = "the a movie film was is good great bad awful not very and but plot actors".split()
+EOS = "<|endoftext|>"
+
+
+def _sentences(n, seed=0):
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 10))) for _ in range(n)]
+
+
+def _word_tokenizer():
+    """A fast word-level tokenizer with an eos but no pad token, as GPT-2's."""
+    vocab = {w: i for i, w in enumerate([EOS, "[UNK]", *WORDS])}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", eos_token=EOS, bos_token=EOS
+    )
+
+
+def _bert_tokenizer(tmp):
+    vocab = tmp / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]))
+    return transformers.BertTokenizer(str(vocab))
+
+
+def _bert_config(**kwargs):
+    return transformers.BertConfig(
+        vocab_size=24,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Tiny models saved as Hugging Face directories, and data files."""
+    tmp = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    bert_tokenizer = _bert_tokenizer(tmp)
+    labels = {
+        "id2label": {0: "negative", 1: "positive"},
+        "label2id": {"negative": 0, "positive": 1},
+    }
+    classifier = transformers.BertForSequenceClassification(_bert_config(**labels))
+    classifier.save_pretrained(tmp / "bert")
+    bert_tokenizer.save_pretrained(tmp / "bert")
+    transformers.BertModel(_bert_config()).save_pretrained(tmp / "encoder")
+    bert_tokenizer.save_pretrained(tmp / "encoder")
+    gpt2 = transformers.GPT2Config(
+        vocab_size=len(WORDS) + 2, n_embd=32, n_layer=2, n_head=2, n_positions=32
+    )
+    gpt2.bos_token_id = gpt2.eos_token_id = 0
+    transformers.GPT2LMHeadModel(gpt2).save_pretrained(tmp / "gpt2")
+    _word_tokenizer().save_pretrained(tmp / "gpt2")
+    llama = transformers.LlamaConfig(
+        vocab_size=len(WORDS) + 2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    transformers.LlamaForCausalLM(llama).save_pretrained(tmp / "llama")
+    _word_tokenizer().save_pretrained(tmp / "llama")
+    texts = _sentences(80)
+    (tmp / "text.txt").write_text("\n".join(texts) + "\n")
+    rows = [{"text": t, "label": "positive" if "good" in t else "negative"} for t in texts]
+    _write_csv(tmp / "labelled.csv", rows)
+    _write_csv(tmp / "ids.csv", [{"text": r["text"], "label": i % 2} for i, r in enumerate(rows)])
+    _write_csv(tmp / "unlabelled.csv", [{"text": r["text"]} for r in rows])
+    _write_csv(tmp / "bad_label.csv", [*rows[:5], {"text": "the plot", "label": "neutral"}])
+    _write_csv(tmp / "label_id_2.csv", [*rows[:5], {"text": "the plot", "label": 2}])
+    (tmp / "nonempty").mkdir()
+    (tmp / "nonempty" / "x").write_text("x")
+    (tmp / "no_config").mkdir()
+    return tmp
+
+
+def _write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+# Help and validation ---------------------------------------------------------------
+
+
+def test_help_lists_every_option_with_its_default(capsys):
+    assert cli.main(["compress", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    parser = cli.build_parser()
+    compress = parser._subparsers._group_actions[0].choices["compress"]
+    options = [a for a in compress._actions if a.option_strings and a.dest != "help"]
+    assert len(options) >= 25
+    for action in options:
+        flag = action.option_strings[-1]
+        assert flag in text
+        # ArgumentDefaultsHelpFormatter: every option's help ends with its default.
+        assert f"(default: {action.default})" in text, flag
+        assert action.help, flag
+    for choice in ("causal-lm", "sequence-classification", "feature-extraction", "kfac", "svd"):
+        assert choice in text
+    assert "examples:" in text
+    assert cli.main(["demo", "--help"]) == 0
+
+
+BAD = [
+    (["{missing}", "--ratio", "0.5"], "no such directory"),
+    (["{tmp}/no_config", "--ratio", "0.5"], "has no config.json"),
+    (["{tmp}/text.txt", "--ratio", "0.5"], "is not a directory"),
+    (["{gpt2}", "--ratio", "1.5"], "argument --ratio: must be in (0, 1), got 1.5"),
+    (["{gpt2}", "--ratio", "0"], "argument --ratio: must be in (0, 1)"),
+    (["{gpt2}", "--ratio", "half"], "argument --ratio: invalid fraction value"),
+    (["{gpt2}", "--rank", "0"], "argument --rank: must be a positive integer"),
+    (["{gpt2}", "--param-budget", "2.5"], "must be a count of weights"),
+    (["{gpt2}"], "one of the arguments --ratio --rank --param-budget is required"),
+    (["{gpt2}", "--ratio", "0.5", "--rank", "3"], "not allowed with argument"),
+    (["{gpt2}", "--ratio", "0.5", "--method", "magic"], "invalid choice: 'magic'"),
+    (["{gpt2}", "--ratio", "0.5", "--dtype", "int8"], "argument --dtype: invalid choice"),
+    (
+        ["{gpt2}", "--ratio", "0.5", "--method", "kfac"],
+        "needs the gradients of a loss: give --data",
+    ),
+    (["{gpt2}", "--ratio", "0.5", "--method", "svd-llm"], "needs calibration data"),
+    (
+        ["{encoder}", "--ratio", "0.5", "--method", "fwsvd", "--data", "{tmp}/text.txt"],
+        "a feature-extraction model has no loss",
+    ),
+    (
+        ["{bert}", "--ratio", "0.5", "--method", "kfac", "--data", "{tmp}/unlabelled.csv"],
+        "has no label column 'label'",
+    ),
+    (
+        ["{bert}", "--ratio", "0.5", "--data", "{tmp}/bad_label.csv"],
+        "line 7: label 'neutral' is not one of the model's 2 labels",
+    ),
+    (["{bert}", "--ratio", "0.5", "--data", "{tmp}/label_id_2.csv"], "label '2' is not one"),
+    (["{bert}", "--ratio", "0.5", "--data", "{tmp}/nothing.csv"], "no such file"),
+    (
+        ["{bert}", "--ratio", "0.5", "--data", "{tmp}/labelled.csv", "--text-column", "body"],
+        "has no column 'body' (its columns: text, label)",
+    ),
+    (
+        ["{bert}", "--ratio", "0.5", "--task", "causal-lm"],
+        "names the architectures ['BertForSequenceClassification'], without a causal-lm head",
+    ),
+    (
+        ["{encoder}", "--ratio", "0.5", "--task", "sequence-classification"],
+        "without a sequence-classification head",
+    ),
+    (["{gpt2}", "--ratio", "0.5", "--sequential"], "--sequential needs calibration data"),
+    (
+        ["{gpt2}", "--ratio", "0.5", "--sequential", "--method", "svd", "--data", "{tmp}/text.txt"],
+        "--method svd does not use them",
+    ),
+    (["{gpt2}", "--ratio", "0.5", "--solver", "als"], "--solver applies to --method tfwsvd only"),
+    (["{gpt2}", "--ratio", "0.5", "--target", "encoder.*"], "No linear layer matches"),
+    (["{gpt2}", "--ratio", "0.5", "--target", "(("], "not a valid regular expression"),
+    (["{bert}", "--ratio", "0.5", "--target", ".*classifier"], "No linear layer matches"),
+    (["{gpt2}", "--ratio", "0.5", "--out", "{gpt2}"], "is the model directory itself"),
+    (["{gpt2}", "--ratio", "0.5", "--out", "{tmp}/text.txt"], "is a file, not a directory"),
+    (["{gpt2}", "--ratio", "0.5", "--out", "{tmp}/nonempty"], "is not empty"),
+    (["{gpt2}", "--ratio", "0.5", "--report-file", "{tmp}/r.xml"], "must end in .json, .csv"),
+    (["{gpt2}", "--ratio", "0.5", "--report-file", "{tmp}/no/r.json"], "no directory"),
+    (["{gpt2}", "--ratio", "0.5", "--device", "toaster"], "is not a torch device"),
+    (["{gpt2}", "--ratio", "0.5", "--eval-fraction", "1"], "argument --eval-fraction"),
+    (["{gpt2}", "--ratio", "0.5", "--min-saving", "1"], "argument --min-saving"),
+    (["{gpt2}", "--ratio", "0.5", "--n-jobs", "0"], "argument --n-jobs: must not be 0"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD, ids=[m for _, m in BAD])
+def test_each_mistake_is_one_line_and_status_2_before_anything_loads(
+    files, argv, message, monkeypatch, capsys
+):
+    def never(*args, **kwargs):
+        raise AssertionError("a model was loaded before the options were checked")
+
+    monkeypatch.setattr(_cli, "_load", never)
+    paths = {k: str(files / k) for k in ("gpt2", "bert", "encoder")}
+    argv = [a.format(tmp=files, missing=files / "missing", **paths) for a in argv]
+    assert cli.main(["compress", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(files, capsys):
+    argv = ["compress", str(files / "missing"), "--ratio", "0.5", "--debug"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.rstrip().endswith("no such directory")
+
+
+def test_runtime_failures_are_one_line_with_status_1(files, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory\nsomewhere")
+
+    monkeypatch.setattr(_cli, "_load", broken)
+    assert cli.main(["compress", str(files / "gpt2"), "--ratio", "0.5"]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: RuntimeError: out of memory somewhere (--debug shows the traceback)\n"
+
+
+# Whole runs --------------------------------------------------------------------------
+
+
+def test_classifier_heads_are_left_alone_by_default(files, capsys):
+    argv = ["compress", str(files / "bert"), "--rank", "4", "--report", "json"]
+    assert cli.main(argv) == 0
+    names = [r["name"] for r in json.loads(capsys.readouterr().out)["layers"]]
+    assert len(names) == 12 and all(".encoder.layer." in n for n in names)
+    assert cli.main([*argv, "--include-heads", "--exclude", r".*\.layer\.1\..*"]) == 0
+    names = [r["name"] for r in json.loads(capsys.readouterr().out)["layers"]]
+    assert "bert.pooler.dense" in names and "classifier" in names
+    assert not any(".layer.1." in n for n in names)
+
+
+def test_causal_lm_end_to_end_on_gpt2_conv1d(files, tmp_path, capsys):
+    out = tmp_path / "small"
+    argv = ["compress", str(files / "gpt2"), "--data", str(files / "text.txt"), "--ratio", "0.5"]
+    argv += ["--eval-fraction", "0.25", "--report", "json", "--out", str(out)]
+    argv += ["--report-file", str(tmp_path / "report.csv")]
+    assert cli.main(argv) == 0
+    stdout, stderr = capsys.readouterr()
+    report = json.loads(stdout)
+    assert report["task"] == "causal-lm" and report["method"] == "kfac"
+    assert "calibrating on 60 texts" in stderr and "20 held out for evaluation" in stderr
+    evaluation = report["evaluation"]
+    assert 1 < evaluation["perplexity_before"] < 2 * (len(WORDS) + 2)  # near uniform: random
+    assert 1 < evaluation["perplexity_after"]
+    assert (
+        f"perplexity on 20 held-out texts: {evaluation['perplexity_before']:.3f} -> "
+        f"{evaluation['perplexity_after']:.3f}"
+    ) in stderr
+    assert "lm_head" not in {r["name"] for r in report["layers"]}
+    # The report's totals are the model's real change in parameters.
+    original = transformers.AutoModelForCausalLM.from_pretrained(files / "gpt2")
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+    assert isinstance(loaded.transformer.h[0].mlp.c_fc, LowRankLinear)
+    assert report["model_params_before"] == _params(original)
+    assert report["model_params_after"] == _params(loaded)
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "report.csv").read_text())))
+    assert len(rows) == len(report["layers"]) == 8
+    saved = sum(int(r["params_before"]) - int(r["params_after"]) for r in rows)
+    assert saved == _params(original) - _params(loaded) > 0
+    assert rows[0]["shape"] == "96x32"
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert tokenizer.pad_token == EOS
+    provenance = json.loads((out / "compression.json").read_text())["provenance"]
+    assert provenance["base_model"] == str(files / "gpt2") and provenance["method"] == "kfac"
+    assert provenance["report"]["model_params_after"] == _params(loaded)
+    again = load_compressed(out)
+    ids = torch.tensor([[2, 3, 4, 5, 6]])
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).logits, loaded(ids).logits)
+
+
+def test_classifier_end_to_end_with_named_labels(files, tmp_path, capsys):
+    out = tmp_path / "small"
+    argv = ["compress", str(files / "bert"), "--data", str(files / "labelled.csv")]
+    argv += ["--param-budget", "0.5", "--out", str(out), "--report-file", str(tmp_path / "r.json")]
+    assert cli.main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert "method 'kfac'" in stdout and "whole model" in stdout
+    assert "accuracy on 8 held-out texts: " in stdout and "(loss " in stdout
+    assert max(len(line) for line in stdout.splitlines() if "/" not in line) <= 100
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["target_params_after"] <= 0.5 * report["target_params_before"]
+    assert set(report["evaluation"]) >= {"accuracy_before", "accuracy_after", "loss_after"}
+    loaded = transformers.AutoModelForSequenceClassification.from_pretrained(out)
+    assert isinstance(loaded.bert.pooler.dense, nn.Linear)
+    assert isinstance(loaded.classifier, nn.Linear)
+    assert report["model_params_after"] == _params(loaded)
+
+
+def test_integer_labels_and_unlabelled_csv_calibrate_a_classifier(files, capsys):
+    argv = ["compress", str(files / "bert"), "--rank", "4", "--report", "json"]
+    assert cli.main([*argv, "--data", str(files / "ids.csv")]) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == "kfac"
+    # Without labels the classifier is calibrated on its inputs, and nothing is evaluated.
+    assert cli.main([*argv, "--data", str(files / "unlabelled.csv")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["method"] == "svd-llm" and report["evaluation"] is None
+
+
+def test_llama_sequentially_with_a_global_budget(files, tmp_path, capsys):
+    out = tmp_path / "small"
+    argv = ["compress", str(files / "llama"), "--data", str(files / "text.txt")]
+    argv += ["--param-budget", "0.6", "--sequential", "--method", "svd-llm", "--out", str(out)]
+    assert cli.main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert "method 'svd-llm'" in stdout and "perplexity on 8 held-out texts" in stdout
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert any(isinstance(m, LowRankLinear) for m in loaded.modules())
+    assert isinstance(loaded.lm_head, nn.Linear)
+
+
+def test_sentence_encoder_round_trip(files, tmp_path, capsys):
+    st = pytest.importorskip("sentence_transformers")
+    try:  # sentence-transformers 6 moved its modules
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:
+        from sentence_transformers.models import Pooling, Transformer
+    modules = [Transformer(str(files / "encoder")), Pooling(32)]
+    model = st.SentenceTransformer(modules=modules, device="cpu")
+    model.save(str(tmp_path / "st"))
+    out = tmp_path / "small"
+    argv = ["compress", str(tmp_path / "st"), "--data", str(files / "text.txt"), "--ratio", "0.5"]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "method 'svd-llm'" in stdout and "mean cosine similarity" in stdout
+    assert "SentenceTransformer(OUT)" in stdout
+    loaded = st.SentenceTransformer(str(out), device="cpu")
+    assert isinstance(loaded[0].auto_model.encoder.layer[0].output.dense, LowRankLinear)
+    assert loaded.encode(["the movie was good"]).shape == (1, 32)
+
+
+def test_demo_head_is_the_logistic_regression():
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+
+    from sklearn_wsvd._demo import _logistic_head
+
+    X, y = make_classification(n_samples=80, n_features=6, random_state=0)
+    head = _logistic_head(X, y)
+    clf = LogisticRegression(C=10.0, max_iter=1000).fit(X, y)
+    with torch.no_grad():
+        proba = head(torch.as_tensor(X, dtype=torch.float32)).softmax(-1).numpy()
+    assert abs(proba - clf.predict_proba(X)).max() < 1e-5
+
+
+def test_no_command_is_a_usage_error(capsys):
+    assert cli.main([]) == 2
+    assert (
+        capsys.readouterr().err == "error: the following arguments are required: {demo,compress}\n"
+    )
