@@ -498,3 +498,18 @@ def test_row_solve_stays_within_its_memory_budget():
     sw = W[i].sqrt()
     expected = torch.linalg.lstsq((B * sw).T, X[i] * sw).solution
     torch.testing.assert_close(A[i], expected, rtol=1e-3, atol=1e-4)
+
+
+def test_row_solve_ignores_the_weights_scale(rng):
+    # A weighted transform with weights times 1e-30 used to return zeros (float32).
+    from sklearn_wsvd._solvers.als import weighted_row_solve
+
+    X, W, B = (
+        torch.tensor(a, dtype=torch.float32)
+        for a in (rng.normal(size=(30, 12)), rng.lognormal(size=(30, 12)), rng.normal(size=(3, 12)))
+    )
+    A0 = torch.zeros(30, 3)
+    ref = weighted_row_solve(X, W, B, A0)
+    assert float(ref.abs().max()) > 0.1
+    for c in (1e-30, 1e-12, 1e12, 1e30):
+        torch.testing.assert_close(weighted_row_solve(X, W * c, B, A0), ref, rtol=1e-4, atol=1e-5)

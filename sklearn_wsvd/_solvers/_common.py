@@ -108,7 +108,8 @@ def iterate(
     """
     f = objective(X, W, A, B, alpha)
     best = (f, A, B)
-    eps, energy = torch.finfo(X.dtype).eps, float((W * X.square()).sum())
+    eps = torch.finfo(X.dtype).eps
+    energy = objective(X, W, X.new_zeros(X.shape[0], 1), X.new_zeros(1, X.shape[1]))
     history, seconds = [f * scale], [init_seconds]
     start = time.perf_counter() - init_seconds
     converged = stopped = False

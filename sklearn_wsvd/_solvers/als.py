@@ -64,31 +64,41 @@ def weighted_row_solve(X, W, B, A_old, *, alpha=0.0, memory_budget=DEFAULT_MEMOR
             P = (Bc[:, :, None] * Bc[:, None, :]).reshape(-1, k * k)
             G.addmm_(W[r:stop, c : c + cols], P, alpha=1.0 / scale)
             del P  # free before the next chunk's P (and before the factorisation)
-        G = G.view(-1, k, k)
-        trace = G.diagonal(dim1=1, dim2=2).sum(-1)
-        empty = (trace == 0).to(X.dtype)  # these rows solve (1 + alpha) a = a_old
-        lam = rounding_ridge(trace, k, X.dtype) + empty
-        G.diagonal(dim1=1, dim2=2).add_((lam + alpha)[:, None])
         for s in range(r, stop, batch):
             e = min(stop, s + batch)
-            # Written in place, so that no small result lands between two chunks of
-            # W * X and keeps the allocator from reusing the first chunk's memory.
-            b = torch.empty(e - s, k, dtype=X.dtype, device=X.device)
-            for i in range(s, e, rhs_rows):
-                j = min(e, i + rhs_rows)
-                torch.mm(W[i:j] * X[i:j], Bt, out=b[i - s : j - s])
-            b.div_(scale).add_(empty[s - r : e - r, None] * A_old[s:e])
-            Gs = G[s - r : e - r]
-            info = torch.empty(e - s, dtype=torch.int32, device=X.device)
-            torch.linalg.cholesky_ex(Gs, out=(Gs, info))  # in place
-            x = torch.cholesky_solve(b[:, :, None], Gs)[:, :, 0]
-            for i in torch.nonzero(info).flatten().tolist():
-                # numerically indefinite: least squares on the rebuilt Gram matrix
-                Gi = (B * (W[s + i] / scale)) @ Bt
-                Gi.diagonal().add_(lam[s - r + i] + alpha)
-                x[i] = torch.linalg.lstsq(Gi, b[i][:, None]).solution[:, 0]
-            out[s:e] = x
+            out[s:e] = _solve_batch(
+                X[s:e], W[s:e], B, A_old[s:e], G[s - r : e - r], alpha, scale, rhs_rows
+            )
+        del G  # before the next chunk's G, which would otherwise be allocated beside it
     return out
+
+
+def _solve_batch(X, W, B, A_old, G, alpha, scale, rhs_rows):
+    """The rows of one batch of :func:`weighted_row_solve`; ``G`` holds their Gram matrices.
+
+    ``G`` (rows x k^2, unscaled by the ridge) is factorised in place.
+    """
+    k = B.shape[0]
+    G = G.view(-1, k, k)
+    trace = G.diagonal(dim1=1, dim2=2).sum(-1)
+    empty = (trace == 0).to(X.dtype)  # these rows solve (1 + alpha) a = a_old
+    lam = rounding_ridge(trace, k, X.dtype) + empty
+    G.diagonal(dim1=1, dim2=2).add_((lam + alpha)[:, None])
+    # Written in place, so that no small result lands between two chunks of W * X
+    # and keeps the allocator from reusing the first chunk's memory.
+    b = torch.empty(X.shape[0], k, dtype=X.dtype, device=X.device)
+    for i in range(0, X.shape[0], rhs_rows):
+        torch.mm(W[i : i + rhs_rows] * X[i : i + rhs_rows], B.T, out=b[i : i + rhs_rows])
+    b.div_(scale).add_(empty[:, None] * A_old)
+    info = torch.empty(X.shape[0], dtype=torch.int32, device=X.device)
+    torch.linalg.cholesky_ex(G, out=(G, info))  # in place
+    x = torch.cholesky_solve(b[:, :, None], G)[:, :, 0]
+    for i in torch.nonzero(info).flatten().tolist():
+        # numerically indefinite: least squares on the rebuilt Gram matrix
+        Gi = (B * (W[i] / scale)) @ B.T
+        Gi.diagonal().add_(lam[i] + alpha)
+        x[i] = torch.linalg.lstsq(Gi, b[i][:, None]).solution[:, 0]
+    return x
 
 
 def _cg_row_update(WX, W, A, B, alpha, n_steps):
