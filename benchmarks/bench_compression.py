@@ -40,7 +40,7 @@ from _common import (
 )
 from scipy.stats import spearmanr
 
-from sklearn_wsvd.compress import compress_model
+from sklearn_wsvd.compress import LayerStatistics, compress_model
 from sklearn_wsvd.metrics import output_error, svd_risk, truncated
 
 # name: compress_model arguments ("allocation": uniform ratio or global budget)
@@ -53,6 +53,7 @@ CONFIGS = {
     "svd-llm": dict(method="svd-llm"),
     "kfac": dict(method="kfac"),
     "svd-llm global": dict(method="svd-llm", allocation="global"),
+    "svd-llm global (no labels)": dict(method="svd-llm", allocation="global", labels=False),
     "kfac global": dict(method="kfac", allocation="global"),
     "svd-llm sequential": dict(method="svd-llm", sequential=True),
     "kfac sequential": dict(method="kfac", sequential=True),
@@ -73,6 +74,7 @@ def calibration_batches(tokenizer, data, task, n=256, batch_size=32):
 def compare(model, tokenizer, data, stats, task, ratios, configs, tune):
     max_len = TASKS[task]["max_len"]
     calib = calibration_batches(tokenizer, data, task)
+    inputs_only = {name: LayerStatistics(st.shape, st.inputs) for name, st in stats.items()}
     rows = []
     for ratio in ratios:
         for name, cfg in configs.items():
@@ -84,10 +86,12 @@ def compare(model, tokenizer, data, stats, task, ratios, configs, tune):
             )
             if cfg.get("sequential"):
                 cfg["batches"] = calib
+            # Without labels only the inputs are known: no loss, no curvature.
+            used = stats if cfg.pop("labels", True) else inputs_only
             start = time.perf_counter()
             small, report = compress_model(
                 model,
-                statistics=stats,
+                statistics=used,
                 target_modules=ENCODER,
                 progress=False,
                 **size,
@@ -116,6 +120,50 @@ def compare(model, tokenizer, data, stats, task, ratios, configs, tune):
             print(row, flush=True)
             rows.append(row)
     return rows
+
+
+def timings(model, tokenizer, data, stats, task, configs, ratio=0.25, repeats=3):
+    """Warm, repeated wall times: calibration passes and whole-model compression (medians)."""
+    from sklearn_wsvd.compress import collect_statistics
+
+    calib = calibration_batches(tokenizer, data, task)
+    passes = {
+        "inputs (svd-llm, asvd)": dict(collect=("inputs",)),
+        "inputs + output gradients (kfac)": dict(collect=("inputs", "output_gradients")),
+        "per-sample Fisher (fwsvd, tfwsvd)": dict(collect=("fisher",), per_sample=True),
+    }
+    out = {"calibration": {}, "compression": {}}
+    for name, kw in passes.items():
+        collect_statistics(model, calib[:1], target_modules=ENCODER, **kw)  # warm-up
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            collect_statistics(model, calib, target_modules=ENCODER, **kw)
+            seconds.append(time.perf_counter() - start)
+        out["calibration"][name] = {"median": float(np.median(seconds)), "runs": seconds}
+        print(name, out["calibration"][name], flush=True)
+    for name, cfg in configs.items():
+        cfg = dict(cfg)
+        size = (
+            {"param_budget": ratio}
+            if cfg.pop("allocation", "uniform") == "global"
+            else {"ratio": ratio}
+        )
+        if cfg.get("sequential"):
+            cfg["batches"] = calib
+        used = stats if cfg.pop("labels", True) else None
+        if used is None:
+            used = {n: LayerStatistics(st.shape, st.inputs) for n, st in stats.items()}
+        seconds = []
+        for _ in range(repeats + 1):  # the first run warms up
+            start = time.perf_counter()
+            compress_model(
+                model, statistics=used, target_modules=ENCODER, progress=False, **size, **cfg
+            )
+            seconds.append(time.perf_counter() - start)
+        out["compression"][name] = {"median": float(np.median(seconds[1:])), "runs": seconds[1:]}
+        print(name, out["compression"][name], flush=True)
+    return out
 
 
 def validate_metric(model, tokenizer, data, stats, task, ratio, n_eval):
@@ -216,6 +264,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="one ratio, no metric validation")
     parser.add_argument("--methods", nargs="*", help="a subset of the configurations")
     parser.add_argument("--ratios", nargs="*", type=float, default=[0.4, 0.25, 0.15])
+    parser.add_argument("--timing-only", action="store_true", help="warm, repeated timings only")
     args = parser.parse_args()
     model, tokenizer, data = load_finetuned(args.task)
     stats, _ = statistics(args.task, model, tokenizer, data)
@@ -224,6 +273,12 @@ def main():
     majority = max(np.bincount(data["test"][1]) / len(data["test"][1]))
     print("baseline", baseline, flush=True)
     configs = {k: v for k, v in CONFIGS.items() if not args.methods or k in args.methods}
+    if args.timing_only:
+        write_json(
+            RESULTS / f"timing-{args.task}.json",
+            {"task": args.task, **timings(model, tokenizer, data, stats, args.task, configs)},
+        )
+        return
     ratios = args.ratios[:1] if args.quick else args.ratios
     rows = compare(model, tokenizer, data, stats, args.task, ratios, configs, tune=not args.no_tune)
     payload = {"task": args.task, "baseline": baseline, "majority": majority, "rows": rows}

@@ -511,20 +511,26 @@ def compress_model(
     if statistics is None and batches is not None:
         method = _method_for_batches(method, batches, loss_fn)
         _check_sequential(sequential, method)
-        statistics = collect_statistics(
-            model,
-            batches,
-            collect=get_method(method).needs or ("inputs",),
-            loss_fn=loss_fn,
-            target_modules=names,
-            progress=progress,
-        )
+        needs = list(get_method(method).needs or ("inputs",))
+        if sequential and param_budget is None:
+            # Each block's inputs come from the sequential pass itself: collecting them for
+            # every layer up front would only hold memory.
+            needs.remove("inputs")
+        if needs:
+            statistics = collect_statistics(
+                model,
+                batches,
+                collect=needs,
+                loss_fn=loss_fn,
+                target_modules=names,
+                progress=progress,
+            )
     if statistics is not None:
         missing = [n for n in names if n not in statistics]
         if missing:
             raise ValueError(f"statistics has no entry for the target layers {missing}.")
         statistics = {n: statistics[n] for n in names}
-    method = _resolve_method(method, statistics)
+    method = _resolve_method(method, statistics, provided=("inputs",) if sequential else ())
     if risk_threshold is not None and method != "tfwsvd":
         raise ValueError(
             f"risk_threshold applies to the iterative 'tfwsvd' method only, not {method!r}."
@@ -545,7 +551,11 @@ def compress_model(
         memo = {id(weights[n]): weights[n] for n in names if plan[n] is not None}
         model = copy.deepcopy(model, memo)
     report = CompressionReport(method=method, model_params_before=_count(model))
-    replace = _Replacer(model)
+    groups = stages(model, names) if sequential else [names]
+    runner = BlockRunner.create(model, groups, batches, loss_fn) if sequential else None
+    # Full passes of the original model need the original layers back: keep them only then.
+    swaps = sequential and any(runner is None or runner.block_of(g) is None for g in groups)
+    replace = _Replacer(model, keep_originals=swaps)
     stats = statistics or {}
 
     def inputs(name, paired):
@@ -558,8 +568,6 @@ def compress_model(
         )
 
     bar = tqdm(total=len(names), desc="compress", disable=not progress)
-    groups = stages(model, names) if sequential else [names]
-    runner = BlockRunner.create(model, groups, batches, loss_fn) if sequential else None
     for stage in groups:
         paired = {}
         todo = [n for n in stage if plan[n] is not None]
@@ -584,8 +592,10 @@ def compress_model(
                 )
                 continue
             if name in paired:
-                errors = _sequential_errors(weights[name], A, B, paired[name], stats.get(name))
+                errors = _sequential_errors(weights[name], A, B, paired.pop(name), stats.get(name))
             replace(name, A, B)
+            del weights[name]  # streaming: a replaced layer's weight and statistics are let go
+            stats.pop(name, None)
             k = A.shape[1]
             report.layers.append(
                 LayerReport(name, (m, n), k, m * n, k * (m + n), method, used, seconds, **errors)
@@ -601,18 +611,20 @@ def compress_model(
 class _Replacer:
     """Puts the low-rank layers into the model, under every name a module has; can swap back."""
 
-    def __init__(self, model):
+    def __init__(self, model, keep_originals=False):
         self.model = model
         self.modules = dict(model.named_modules())
         self.aliases = _aliases(model)
+        self.keep_originals = keep_originals
         self.done = {}
 
     def __call__(self, name, A, B):
-        old = self.modules[name]
+        old = self.modules.pop(name)
         weight = dense_weight(old)
         new = LowRankLinear.from_factors(A.to(weight), B.to(weight), old.bias)
         new.train(old.training)
-        self.done[name] = (old, new)
+        if self.keep_originals:
+            self.done[name] = (old, new)
         self._set(name, new)
 
     def swap(self, original: bool):
@@ -677,13 +689,14 @@ def _method_for_batches(method, batches, loss_fn):
     return DEFAULT_METHOD if has_loss else "svd-llm"
 
 
-def _resolve_method(method, statistics):
+def _resolve_method(method, statistics, provided=()):
     if method != "auto":
         spec = get_method(method)
         missing = [
             kind
             for kind in spec.needs
-            if statistics is None or not all(s.has(kind) for s in statistics.values())
+            if kind not in provided
+            and (statistics is None or not all(s.has(kind) for s in statistics.values()))
         ]
         if missing:
             raise ValueError(
