@@ -24,7 +24,16 @@ from ._backend import (
     to_tensor,
 )
 from ._compat import _fit_context
-from ._solvers import INITS, SOLVERS, objective, resolve_solver, solve, weighted_row_solve
+from ._solvers import (
+    CLOSED_FORM,
+    INITS,
+    SOLVERS,
+    count_underdetermined,
+    objective,
+    resolve_solver,
+    solve,
+    weighted_row_solve,
+)
 from ._whitening import check_metric, left, metric_root, right
 
 
@@ -329,6 +338,10 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             "objective": np.asarray(factors.objective),
             "seconds": np.asarray(factors.seconds),
         }
+        self._warn_about_the_solve(W, sample_weight, factors, stacklevel + 1)
+        return output_like(Z, X_in)
+
+    def _warn_about_the_solve(self, W, sample_weight, factors, stacklevel):
         if not factors.converged:
             warnings.warn(
                 f"Solver {self.solver_!r} reached max_iter={factors.n_iter} before the "
@@ -336,7 +349,30 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 ConvergenceWarning,
                 stacklevel=stacklevel,
             )
-        return output_like(Z, X_in)
+        if factors.rounding_limited and self.dtype == "float32":
+            # In float64 the fit is as good as the arithmetic can tell: nothing to suggest.
+            warnings.warn(
+                f"Solver {self.solver_!r} stopped where the rounding error of "
+                f"dtype={self.dtype!r} hides its progress (the weights span many orders of "
+                "magnitude, or the fit is nearly exact); dtype='float64' may reach a lower "
+                "objective.",
+                ConvergenceWarning,
+                stacklevel=stacklevel,
+            )
+        if sample_weight is None or self.alpha > 0 or self.solver_ in CLOSED_FORM:
+            return
+        rows, cols = count_underdetermined(W, self.n_components)
+        if rows or cols:
+            m, n = W.shape
+            warnings.warn(
+                f"{rows} of {m} rows and {cols} of {n} columns have fewer entries of non-zero "
+                f"weight than n_components={self.n_components}: the fit interpolates their "
+                "observed entries and says nothing reliable about the others. Set alpha > 0 "
+                "(a ridge; choose it by cross-validation over entries, see "
+                "sklearn_wsvd.model_selection) or lower n_components.",
+                UserWarning,
+                stacklevel=stacklevel,
+            )
 
     def transform(self, X, sample_weight=None, sample_metric=None):
         """Project ``X`` onto the components, weighted per entry when weights are given.

@@ -308,6 +308,7 @@ def test_properties(m, n, k_frac, pattern, solver, seed):
     kw = dict(solver=solver, dtype="float64", max_iter=30, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.filterwarnings("ignore", ".*fewer entries of non-zero weight", UserWarning)
         est = WeightedTruncatedSVD(k, **kw)
         Z = est.fit_transform(X, sample_weight=W)
         again = WeightedTruncatedSVD(k, **kw).fit_transform(X, sample_weight=W)
@@ -331,3 +332,39 @@ def test_convergence_warning_points_at_the_callers_line(data, method):
         getattr(est, method)(X, sample_weight=W)
     assert record[0].filename == __file__
     assert est.n_iter_ == 2
+
+
+@pytest.mark.parametrize("method", ["fit", "fit_transform"])
+def test_underdetermined_rows_and_columns_are_named_at_the_callers_line(rng, method):
+    X = rng.normal(size=(20, 8))
+    W = (rng.uniform(size=X.shape) < 0.8).astype(float)
+    W[:, 0] = 1.0
+    W[0] = W[1] = 0.0
+    W[0, :2] = W[1, :3] = 1.0  # rows 0 and 1: 2 and 3 observed entries for k = 3
+    W[2:, 7] = 0.0
+    W[2:4, 7] = 1.0  # column 7: 2 observed entries
+    X = np.where(W > 0, X, np.nan)
+    with pytest.warns(UserWarning, match=r"1 of 20 rows and 1 of 8 columns have fewer") as rec:
+        getattr(WeightedTruncatedSVD(3), method)(X, sample_weight=W)
+    assert rec[0].filename == __file__
+    assert "alpha > 0" in str(rec[0].message) and "lower n_components" in str(rec[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        WeightedTruncatedSVD(2).fit(X, sample_weight=W)  # every row and column determined
+        WeightedTruncatedSVD(3, alpha=0.1).fit(X, sample_weight=W)  # the ridge decides
+        WeightedTruncatedSVD(3, solver="rank1").fit(X, sample_weight=W)  # a closed form
+
+
+@pytest.mark.parametrize("method", ["fit", "fit_transform"])
+def test_rounding_limited_fits_suggest_float64(rng, method):
+    # Weights over about 18 orders of magnitude: float32 cannot see the progress.
+    X = rng.normal(size=(60, 40))
+    W = rng.lognormal(sigma=10.0, size=X.shape)
+    est = WeightedTruncatedSVD(10)
+    with pytest.warns(ConvergenceWarning, match="rounding error of dtype='float32'") as rec:
+        getattr(est, method)(X, sample_weight=W)
+    assert rec[0].filename == __file__ and "dtype='float64'" in str(rec[0].message)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        WeightedTruncatedSVD(10, dtype="float64").fit(X, sample_weight=W)
+    assert not any("rounding" in str(w.message) for w in rec)

@@ -26,6 +26,7 @@ __all__ = [
     "SOLVERS",
     "balance",
     "complete_rank",
+    "CLOSED_FORM",
     "count_underdetermined",
     "INITS",
     "objective",
