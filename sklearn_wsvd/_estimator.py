@@ -302,8 +302,10 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 f"n_components={k} must be <= min(n_samples, n_features) = {min(m, n)} "
                 f"(n_samples = {m}, n_features = {n})."
             )
-        R, R_inv = self._sample_root(sample_metric, X)
-        C, C_inv = self._feature_root(X, reset=True)
+        # Without element-wise weights any square root of a metric gives the same fit:
+        # the fast Cholesky factor will do.
+        R, R_inv = self._sample_root(sample_metric, X, any_root=W is None)
+        C, C_inv = self._feature_root(X, reset=True, any_root=W is None or W.ndim == 1)
         # The whitened problem is a plain weighted one: every solver runs on it as is.
         Y = right(left(R, X), C)
         W = _dense_weights(W, Y)
@@ -458,7 +460,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         check_is_fitted(self)
         _, X, W = self._validate_input(X, sample_weight, sample_metric, reset=False)
         R, R_inv = self._sample_root(sample_metric, X)
-        C, _ = self._feature_root(X)
+        C, _ = self._feature_root(X, symmetric=W is not None and W.ndim == 2)
         Z = self._project(X, W, R, R_inv)
         W = _dense_weights(W, X)
         V = to_tensor(self.components_, device=X.device, dtype=X.dtype)
@@ -479,33 +481,43 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             if C is None:
                 return X @ V.T
             return right(X, C) @ torch.linalg.pinv(right(V, C))
+        C, _ = self._feature_root(X, symmetric=True)
         basis = right(V, C)
         Z = weighted_row_solve(right(left(R, X), C), W, basis, torch.zeros_like(X[:, : len(V)]))
         return left(R_inv, Z)
 
-    def _feature_root(self, X, *, reset=False):
-        """The feature metric's root and inverse root as tensors like ``X`` (or None, None).
+    def _feature_root(self, X, *, reset=False, any_root=False, symmetric=False):
+        """The feature metric's root (and, at fit, its inverse) as float64 tensors, or None.
 
-        Computed at fit (float64 eigendecomposition, damped) and kept as numpy for
-        ``transform`` and ``score``; the inverse is needed at fit only.
+        Computed at fit (float64, damped; any root when ``any_root``, see
+        :func:`metric_root`) and kept as numpy for ``transform`` and ``score``,
+        which ask for the ``symmetric`` root where the objective names it (with
+        element-wise weights).
         """
         if reset:
             self._feature_metric_root = None
             if self.feature_metric is None:
                 return None, None
             M = check_metric(self.feature_metric, X.shape[1], "feature_metric", device=X.device)
-            root, inverse = metric_root(M, self.metric_damping, "feature_metric")
+            root, inverse = metric_root(
+                M, self.metric_damping, "feature_metric", symmetric=not any_root
+            )
             self._feature_metric_root = to_numpy(root)
             return root, inverse
         if getattr(self, "_feature_metric_root", None) is None:
             return None, None
-        return to_tensor(self._feature_metric_root, device=X.device, dtype=torch.float64), None
+        root = to_tensor(self._feature_metric_root, device=X.device, dtype=torch.float64)
+        if symmetric and root.ndim == 2 and not torch.equal(root, root.T):
+            root, _ = metric_root(root @ root.T, 0.0, "feature_metric")
+        return root, None
 
-    def _sample_root(self, sample_metric, X):
+    def _sample_root(self, sample_metric, X, any_root=False):
+        """``(S^T, S^-T)`` for a root ``S S^T`` of the sample metric, to multiply from the left."""
         if sample_metric is None:
             return None, None
         M = check_metric(sample_metric, X.shape[0], "sample_metric", device=X.device)
-        return metric_root(M, self.metric_damping, "sample_metric")
+        root, inverse = metric_root(M, self.metric_damping, "sample_metric", symmetric=not any_root)
+        return (root.T, inverse.T) if root.ndim == 2 else (root, inverse)
 
     def _validate_input(self, X, sample_weight, sample_metric=None, *, reset):
         """Return the user's (validated) X, X as a finite tensor, and the weights tensor.

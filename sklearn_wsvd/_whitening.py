@@ -74,18 +74,27 @@ def check_metric(metric, size: int, name: str, *, device) -> torch.Tensor:
     return M
 
 
-def metric_root(M: torch.Tensor, damping: float, name: str):
-    """Symmetric square root of ``M + damping * mean_eigenvalue * I`` and its pseudo-inverse.
+def metric_root(M: torch.Tensor, damping: float, name: str, *, symmetric: bool = True):
+    """A square root ``S`` (``S S^T = M + damping * mean_eigenvalue * I``) and its pseudo-inverse.
 
-    Negative eigenvalues (a Gram matrix is PSD; rounding makes it slightly
-    indefinite) are set to zero, which gives the nearest PSD matrix; a warning
-    says so when they are more than rounding. Eigenvalues below ``n * eps`` of the
-    largest count as zero in the inverse (directions the metric ignores), so the
-    result is always finite. A diagonal metric (1-D) gives 1-D roots. Float64.
+    The symmetric root, from an eigendecomposition: negative eigenvalues (a Gram
+    matrix is PSD; rounding makes it slightly indefinite) are set to zero, which
+    gives the nearest PSD matrix, with a warning when they are more than
+    rounding; eigenvalues below ``n * eps`` of the largest count as zero in the
+    inverse (directions the metric ignores), so the result is always finite.
+    With ``symmetric=False`` (for objectives that any root gives alike) the
+    Cholesky factor, an order of magnitude faster, when the damped metric is
+    positive definite; the eigendecomposition otherwise. A diagonal metric (1-D)
+    gives 1-D roots. Float64.
     """
     if M.ndim == 1:
         values = M + damping * M.mean()
         return values.sqrt(), _inverse_sqrt(values)
+    if not symmetric:
+        eye = torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
+        factor, info = torch.linalg.cholesky_ex(M + damping * (M.trace() / M.shape[0]) * eye)
+        if int(info) == 0:
+            return factor, torch.linalg.solve_triangular(factor, eye, upper=False)
     values, vectors = torch.linalg.eigh(M)
     top = float(values.max())
     if top <= 0:
