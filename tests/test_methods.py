@@ -295,3 +295,20 @@ def test_block_runner_matches_full_forward_passes(make, monkeypatch):
     ids = batches[0]["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(fast(input_ids=ids)[0], slow(input_ids=ids)[0])
+
+
+def test_a_budget_without_a_loss_is_spread_uniformly(stats):
+    from sklearn_wsvd.compress import LayerStatistics
+
+    model = correlated_mlp()
+    inputs_only = {n: LayerStatistics(s.shape, s.inputs) for n, s in stats.items()}
+    kw = dict(statistics=inputs_only, min_saving=0.0, progress=False)
+    _, budget = compress_model(model, param_budget=0.3, **kw)
+    _, ratio = compress_model(model, ratio=0.3, **kw)
+    assert [r.rank for r in budget.layers] == [r.rank for r in ratio.layers]
+    # With the curvature the same budget goes where the loss estimate says.
+    _, kfac = compress_model(
+        model, param_budget=0.3, statistics=stats, min_saving=0.0, progress=False
+    )
+    assert [r.rank for r in kfac.layers] != [r.rank for r in ratio.layers]
+    assert kfac.params_after <= 0.3 * kfac.params_before

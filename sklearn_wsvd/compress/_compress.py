@@ -186,33 +186,27 @@ def _curve(weight, stats, damping):
     """Gains of each rank of a layer, in units comparable across layers.
 
     With input and output-gradient statistics, the K-FAC loss estimate (exact for
-    the "kfac" method): ``0.5 s_i**2`` of ``G^{1/2} W C^{1/2}``. With inputs only,
-    the output error relative to the layer's output energy, so every layer counts
-    alike. With a diagonal Fisher only, ``0.5 s_i**2`` of the weight scaled by the
-    Fisher's rank-one model (exact when it has rank one). Without statistics the
-    relative Frobenius error.
+    the "kfac" method): ``0.5 s_i**2`` of ``G^{1/2} W C^{1/2}``. With a diagonal
+    Fisher, ``0.5 s_i**2`` of the weight scaled by the Fisher's rank-one model
+    (exact when it has rank one). Without statistics the relative Frobenius
+    error. A layer the loss never reaches gains nothing from any rank.
     """
     from .._solvers.closed_form import rank_one_approximation
 
     X = weight.detach().to(torch.float64)
-
-    def has(kind):
-        return stats is not None and stats.has(kind)
-
-    if has("inputs"):
-        C, _ = metric_root(stats.input_second_moment.to(X.device), damping, "input moment")
-        X = X @ C
-        if has("output_gradients"):
-            G = stats.output_gradient_moment.to(X.device)
-            if (G != 0).any():
-                R, _ = metric_root(G, damping, "output-gradient moment")
-                return 0.5 * torch.linalg.svdvals(R @ X).square()
-        s2 = torch.linalg.svdvals(X).square()
-        return s2 / s2.sum().clamp_min(torch.finfo(s2.dtype).tiny)
-    if has("fisher"):
+    nothing = torch.zeros(min(X.shape), dtype=X.dtype)
+    if stats is not None and stats.has("inputs") and stats.has("output_gradients"):
+        G = stats.output_gradient_moment.to(X.device)
+        if not (G != 0).any():
+            return nothing
+        # Any square roots give these singular values: the fast Cholesky factors.
+        C, _ = metric_root(stats.input_second_moment.to(X.device), damping, "C", symmetric=False)
+        R, _ = metric_root(G, damping, "G", symmetric=False)
+        return 0.5 * torch.linalg.svdvals(R.T @ X @ C).square()
+    if stats is not None and stats.has("fisher"):
         F = stats.fisher.to(X.device)
-        if not (F > 0).any():  # the loss never reaches this layer: no rank is worth anything
-            return torch.zeros(min(X.shape), dtype=X.dtype)
+        if not (F > 0).any():
+            return nothing
         a, b = rank_one_approximation(F)
         return 0.5 * torch.linalg.svdvals(a.sqrt()[:, None] * X * b.sqrt()).square()
     s2 = torch.linalg.svdvals(X).square()
@@ -236,10 +230,12 @@ def allocate_ranks(
     largest rank that still saves ``min_saving`` of its weights.
 
     The currency follows the statistics: with inputs and output gradients the
-    K-FAC loss estimate of the Kronecker closed form; with inputs only the
-    relative output error; with a diagonal Fisher (a dict of arrays, as
-    :func:`fisher_importance` returns, or statistics) its rank-one model's loss
-    estimate; with none the relative Frobenius error.
+    K-FAC loss estimate of the Kronecker closed form; with a diagonal Fisher (a
+    dict of arrays, as :func:`fisher_importance` returns, or statistics) its
+    rank-one model's loss estimate; with none the relative Frobenius error. With
+    inputs only, nothing says how the loss weighs one layer's output error against
+    another's, and spreading by relative output error measured worse than a
+    uniform fraction: every layer then keeps the same fraction of its weights.
 
     Parameters
     ----------
@@ -264,6 +260,14 @@ def allocate_ranks(
         isinstance(s, LayerStatistics) for s in statistics.values()
     ):
         statistics = statistics_from_importance(statistics, shapes)
+    if statistics is not None and not any(
+        s.has(kind) for s in statistics.values() for kind in ("output_gradients", "fisher")
+    ):
+        # Inputs alone say nothing of how the loss weighs one layer's output error
+        # against another's; spreading by relative output error measured worse than a
+        # uniform fraction (benchmarks/results/compression-*.md), so: uniform.
+        total = sum(m * n for m, n in shapes.values())
+        return _uniform_ranks(shapes, (budget or 0) / total, min_saving)
     gains = []
     ranks = {}
     curves = {}
@@ -714,6 +718,13 @@ def _resolve_method(method, statistics, provided=()):
     return "svd"
 
 
+def _uniform_ranks(shapes, ratio, min_saving):
+    """Every layer keeps the fraction ``ratio`` of its weights (dense if that saves too little)."""
+    if ratio >= 1 - min_saving:
+        return {name: min(shape) for name, shape in shapes.items()}
+    return {name: max(1, int(ratio * m * n / (m + n))) for name, (m, n) in shapes.items()}
+
+
 def _check_rank(name, k, shape, min_saving):
     """The rank to factorise at, or None to leave the layer dense."""
     m, n = shape
@@ -733,9 +744,7 @@ def _resolve_ranks(rank, ratio, param_budget, weights, statistics, shapes, min_s
             raise ValueError(f"rank must be a positive integer or a dict, got {rank!r}.")
         return dict.fromkeys(shapes, int(rank))
     if ratio is not None:
-        if ratio >= 1 - min_saving:  # keeping that much saves less than min_saving: dense
-            return {name: min(shape) for name, shape in shapes.items()}
-        return {name: max(1, int(ratio * m * n / (m + n))) for name, (m, n) in shapes.items()}
+        return _uniform_ranks(shapes, ratio, min_saving)
     total = sum(m * n for m, n in shapes.values())
     if isinstance(param_budget, Integral) and not isinstance(param_budget, bool):
         budget = int(param_budget)
