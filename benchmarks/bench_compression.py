@@ -40,7 +40,7 @@ from _common import (
 )
 from scipy.stats import spearmanr
 
-from sklearn_wsvd.compress import LayerStatistics, compress_model
+from sklearn_wsvd.compress import compress_model
 from sklearn_wsvd.metrics import output_error, svd_risk, truncated
 
 # name: compress_model arguments ("allocation": uniform ratio or global budget)
@@ -53,12 +53,11 @@ CONFIGS = {
     "svd-llm": dict(method="svd-llm"),
     "kfac": dict(method="kfac"),
     "svd-llm global": dict(method="svd-llm", allocation="global"),
-    "svd-llm global (no labels)": dict(method="svd-llm", allocation="global", labels=False),
     "kfac global": dict(method="kfac", allocation="global"),
     "svd-llm sequential": dict(method="svd-llm", sequential=True),
     "kfac sequential": dict(method="kfac", sequential=True),
     "svd-llm global sequential": dict(method="svd-llm", allocation="global", sequential=True),
-    "kfac global sequential": dict(method="kfac", allocation="global", sequential=True),
+    "kfac global sequential (default)": dict(allocation="global", sequential=True),
 }
 
 
@@ -74,7 +73,6 @@ def calibration_batches(tokenizer, data, task, n=256, batch_size=32):
 def compare(model, tokenizer, data, stats, task, ratios, configs, tune):
     max_len = TASKS[task]["max_len"]
     calib = calibration_batches(tokenizer, data, task)
-    inputs_only = {name: LayerStatistics(st.shape, st.inputs) for name, st in stats.items()}
     rows = []
     for ratio in ratios:
         for name, cfg in configs.items():
@@ -86,12 +84,10 @@ def compare(model, tokenizer, data, stats, task, ratios, configs, tune):
             )
             if cfg.get("sequential"):
                 cfg["batches"] = calib
-            # Without labels only the inputs are known: no loss, no curvature.
-            used = stats if cfg.pop("labels", True) else inputs_only
             start = time.perf_counter()
             small, report = compress_model(
                 model,
-                statistics=used,
+                statistics=stats,
                 target_modules=ENCODER,
                 progress=False,
                 **size,
@@ -107,7 +103,7 @@ def compare(model, tokenizer, data, stats, task, ratios, configs, tune):
                 "model_params_after": report.model_params_after,
                 "compress_seconds": round(seconds, 2),
                 "mean_output_error": float(np.mean([r.output_error for r in layers])),
-                "predicted_loss_increase": sum(r.loss_estimate for r in layers),
+                "predicted_loss_increase": sum(r.loss_estimate or 0.0 for r in layers),
                 **{
                     f"test_{k}": v
                     for k, v in evaluate(small, tokenizer, *data["test"], max_len=max_len).items()
@@ -151,14 +147,11 @@ def timings(model, tokenizer, data, stats, task, configs, ratio=0.25, repeats=3)
         )
         if cfg.get("sequential"):
             cfg["batches"] = calib
-        used = stats if cfg.pop("labels", True) else None
-        if used is None:
-            used = {n: LayerStatistics(st.shape, st.inputs) for n, st in stats.items()}
         seconds = []
         for _ in range(repeats + 1):  # the first run warms up
             start = time.perf_counter()
             compress_model(
-                model, statistics=used, target_modules=ENCODER, progress=False, **size, **cfg
+                model, statistics=stats, target_modules=ENCODER, progress=False, **size, **cfg
             )
             seconds.append(time.perf_counter() - start)
         out["compression"][name] = {"median": float(np.median(seconds[1:])), "runs": seconds[1:]}

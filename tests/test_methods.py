@@ -97,6 +97,19 @@ def test_report_errors_match_the_metrics(stats):
     assert row.loss_estimate < row.svd_loss_estimate
 
 
+def test_sequential_is_on_when_calibration_batches_can_be_replayed(stats):
+    model = correlated_mlp()
+    batches = [(x,) for x, _ in data()]
+    _, report = compress_model(model, ratio=0.5, batches=batches, progress=False)
+    assert report.sequential and report.method == "svd-llm"
+    _, report = compress_model(model, ratio=0.5, batches=iter(batches), progress=False)
+    assert not report.sequential  # a one-shot iterator cannot be replayed
+    _, report = compress_model(model, ratio=0.5, statistics=stats, progress=False)
+    assert not report.sequential and report.method == "kfac"
+    _, report = compress_model(model, ratio=0.5, method="svd", batches=batches, progress=False)
+    assert not report.sequential
+
+
 def test_auto_picks_what_the_statistics_allow(stats):
     model = correlated_mlp()
     inputs_only = collect_statistics(model, [(x,) for x, _ in data()])
@@ -209,7 +222,7 @@ def test_sequential_fits_each_block_to_the_perturbed_inputs():
         progress=False,
         dtype="float64",
     )
-    plain, plain_report = compress_model(model, **kw)
+    plain, plain_report = compress_model(model, sequential=False, **kw)
     seq, seq_report = compress_model(model, sequential=True, **kw)
     x = torch.cat([b[0] for b in batches])
     with torch.no_grad():

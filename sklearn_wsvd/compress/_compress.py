@@ -26,7 +26,7 @@ from ._sequential import (
     stages,
 )
 from ._targets import find_targets
-from .calibration import LayerStatistics, collect_statistics
+from .calibration import KINDS, LayerStatistics, collect_statistics
 from .layers import LowRankLinear, dense_weight, linear_shape, set_submodule
 from .methods import DEFAULT_DAMPING, METHODS, get_method
 
@@ -77,6 +77,8 @@ class CompressionReport:
 
     layers: list[LayerReport] = field(default_factory=list)
     method: str = ""
+    allocation: str = "uniform"
+    sequential: bool = False
     model_params_before: int = 0
     model_params_after: int = 0
     seconds: float = 0.0
@@ -97,6 +99,8 @@ class CompressionReport:
     def to_dict(self) -> dict:
         return {
             "method": self.method,
+            "allocation": self.allocation,
+            "sequential": self.sequential,
             "model_params_before": self.model_params_before,
             "model_params_after": self.model_params_after,
             "target_params_before": self.params_before,
@@ -135,8 +139,9 @@ class CompressionReport:
         lines.append("increase; (svd): plain SVD at the same rank; s: seconds")
         target = self.params_after / max(self.params_before, 1)
         model = self.model_params_after / max(self.model_params_before, 1)
+        how = f"{self.allocation} ranks" + (", sequential" if self.sequential else "")
         lines.append(
-            f"method {self.method!r}: target layers {self.params_before:,} -> "
+            f"method {self.method!r} ({how}): target layers {self.params_before:,} -> "
             f"{self.params_after:,} weights ({target:.1%} kept)"
         )
         lines.append(
@@ -387,7 +392,7 @@ def compress_model(
     statistics: dict | None = None,
     batches=None,
     loss_fn=None,
-    sequential: bool = False,
+    sequential: bool | None = None,
     importance: dict | None = None,
     target_modules=None,
     exclude_modules=None,
@@ -421,10 +426,14 @@ def compress_model(
         estimate when output gradients were collected.
     method : str, default="auto"
         A name of :data:`~sklearn_wsvd.compress.METHODS`: "svd", "fwsvd",
-        "fisher-rank1", "tfwsvd", "asvd", "svd-llm" or "kfac". "auto" picks the
-        default ("kfac") when its statistics are there (or the batches have a
-        loss), else the best that they allow ("svd-llm" with inputs only,
-        "tfwsvd" with a Fisher only, "svd" without statistics).
+        "fisher-rank1", "tfwsvd", "asvd", "svd-llm" or "kfac". "auto" picks
+        "kfac" (the Kronecker-factored curvature: the least predicted loss
+        increase) when its statistics are there or the batches define a loss,
+        else the best that they allow ("svd-llm" with inputs only, "tfwsvd" with
+        a Fisher only, "svd" without statistics). The best measured recipe is
+        "kfac" with ``param_budget`` (ranks spread by the K-FAC loss estimate)
+        and ``sequential``: what ``compress_model(model, param_budget=f,
+        batches=labelled_batches)`` does.
     statistics : dict of str to LayerStatistics, optional
         From :func:`collect_statistics` over calibration batches.
     batches : sequence, optional
@@ -433,11 +442,14 @@ def compress_model(
         Needed by ``sequential``.
     loss_fn : callable, optional
         For ``(inputs, targets)`` batches, as in :func:`collect_statistics`.
-    sequential : bool, default=False
-        Fit block by block (:func:`stages`), each block to the inputs that the
-        already-compressed blocks give it, so that later layers correct earlier
-        errors (GPTQ, SVD-LLM's update). For methods that use the inputs
-        ("asvd", "svd-llm", "kfac"); passes over ``batches`` twice per block.
+    sequential : bool or None, default=None
+        Fit block by block, each block to the inputs that the already-compressed
+        blocks give it, so that later layers correct earlier errors (as GPTQ and
+        SVD-LLM's update do); transformer stacks run block by block on cached
+        hidden states, about three forward passes over ``batches`` in all. For
+        methods that use the inputs ("asvd", "svd-llm", "kfac"). None: on
+        whenever ``batches`` is a sequence and the method uses the inputs (it
+        measured better in most cases; benchmarks/results/compression-*.md).
     importance : dict of str to tensor, optional
         A diagonal Fisher per layer (:func:`fisher_importance`), for the Fisher
         methods: a shorthand for statistics holding only that.
@@ -502,7 +514,8 @@ def compress_model(
         raise ValueError(f"min_saving must be a fraction in [0, 1), got {min_saving!r}.")
     if statistics is not None and importance is not None:
         raise ValueError("Give statistics or importance, not both.")
-    if sequential and (batches is None or iter(batches) is batches):
+    reusable = batches is not None and iter(batches) is not batches
+    if sequential and not reusable:
         raise ValueError(
             "sequential=True needs the calibration batches as a sequence (a list): they are "
             "passed over twice for every block."
@@ -514,7 +527,12 @@ def compress_model(
         statistics = statistics_from_importance(importance, shapes)
     if statistics is None and batches is not None:
         method = _method_for_batches(method, batches, loss_fn)
-        _check_sequential(sequential, method)
+    elif method == "auto":
+        method = _resolve_method(method, statistics, provided=("inputs",) if reusable else ())
+    if sequential is None:
+        sequential = reusable and "inputs" in get_method(method).needs
+    _check_sequential(sequential, method)
+    if statistics is None and batches is not None:
         needs = list(get_method(method).needs or ("inputs",))
         if sequential and param_budget is None:
             # Each block's inputs come from the sequential pass itself: collecting them for
@@ -539,7 +557,6 @@ def compress_model(
         raise ValueError(
             f"risk_threshold applies to the iterative 'tfwsvd' method only, not {method!r}."
         )
-    _check_sequential(sequential, method)
     weights = {n: dense_weight(modules[n]) for n in names}
     ranks = _resolve_ranks(
         rank, ratio, param_budget, weights, statistics, shapes, min_saving, metric_damping
@@ -554,7 +571,12 @@ def compress_model(
         # The weights of the layers to replace are not copied: the copy costs the rest only.
         memo = {id(weights[n]): weights[n] for n in names if plan[n] is not None}
         model = copy.deepcopy(model, memo)
-    report = CompressionReport(method=method, model_params_before=_count(model))
+    report = CompressionReport(
+        method=method,
+        allocation=_allocation(rank, ratio, statistics),
+        sequential=bool(sequential),
+        model_params_before=_count(model),
+    )
     groups = stages(model, names) if sequential else [names]
     runner = BlockRunner.create(model, groups, batches, loss_fn) if sequential else None
     # Full passes of the original model need the original layers back: keep them only then.
@@ -716,6 +738,20 @@ def _resolve_method(method, statistics, provided=()):
         if statistics is not None and all(s.has(k) for s in statistics.values() for k in needs):
             return candidate
     return "svd"
+
+
+def _allocation(rank, ratio, statistics):
+    """How the ranks were chosen, in words, for the report."""
+    if rank is not None:
+        return "given"
+    if ratio is not None:
+        return "uniform"
+    has = {k for s in (statistics or {}).values() for k in KINDS if s.has(k)}
+    if "output_gradients" in has and "inputs" in has:
+        return "global (K-FAC loss)"
+    if "fisher" in has:
+        return "global (Fisher loss)"
+    return "uniform" if "inputs" in has else "global (weight energy)"
 
 
 def _uniform_ranks(shapes, ratio, min_saving):
