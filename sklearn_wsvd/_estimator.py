@@ -28,10 +28,12 @@ from ._solvers import (
     CLOSED_FORM,
     INITS,
     SOLVERS,
+    SVD_SOLVERS,
     count_underdetermined,
     objective,
     resolve_solver,
     solve,
+    uniform_weight,
     weighted_row_solve,
 )
 from ._whitening import check_metric, left, metric_root, right
@@ -65,17 +67,21 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     n_components : int, default=2
         Rank ``k`` of the approximation, between 1 and ``min(n_samples, n_features)``.
 
-    solver : {"auto", "svd", "fwsvd", "rank1", "als", "als-cg", "em", "adam"}, \
+    solver : {"auto", "svd", "fwsvd", "rank1", "ncg", "als", "als-cg", "em", "adam"}, \
             default="auto"
         - "auto": the exact closed form when the weights allow one ("svd" for
           uniform, "rank1" for row, column or rank-one weights, when
-          ``alpha == 0``), else "als-cg".
+          ``alpha == 0``), else "ncg".
         - "svd": plain truncated SVD, ignores the weights (exact for uniform ones).
         - "fwsvd": FWSVD (Hsu et al., 2022): weights collapsed to their row sums,
           then the exact row-weighted closed form.
         - "rank1": weights replaced by their best rank-one model ``a b^T`` (row
           sums times column sums over the total), then the exact closed form.
           Exact for uniform, row, column and rank-one weights.
+        - "ncg": nonlinear conjugate gradient on both factors at once
+          (Polak-Ribiere+, exact line search of the quartic objective,
+          preconditioned by the Hessian blocks of the rank-one model of the
+          weights), after three "als-cg" sweeps; O(mnk) a step.
         - "als": exact alternating least squares, O(mnk^2) a sweep.
         - "als-cg": alternating sweeps of warm-started conjugate-gradient steps,
           O(mnk) a step.
@@ -90,18 +96,25 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         (k, n_features). None means "rank1". Ignored by closed-form solvers.
 
     max_iter : int or None, default=None
-        Maximum number of iterations (sweeps for "als", "als-cg" and "em", blocks
-        of ten optimiser steps for "adam"). None uses the solver's default.
+        Maximum number of iterations (sweeps for "als", "als-cg" and "em", steps
+        for "ncg", blocks of ten optimiser steps for "adam"). None uses the
+        solver's default.
 
     tol : float, default=1e-5
         Stop when an iteration improves the objective by less than ``tol``
         relative to it.
 
     alpha : float, default=0.0
-        Ridge penalty on both factors. The closed forms are exact with a ridge
-        only for uniform weights (singular values soft-thresholded by ``alpha``).
-        With metrics the penalty applies to the whitened factors
-        ``R^{1/2} A`` and ``B C^{1/2}``.
+        Ridge penalty on both factors, the same as the nuclear-norm penalty
+        ``2 * alpha * |A B|_*`` (with components to spare, the iterative solvers
+        reach the nuclear-norm-penalised optimum: SoftImpute's, for missing
+        entries). The closed forms are exact with a ridge only for uniform
+        weights (singular values soft-thresholded by ``alpha``). ``transform``
+        fits new rows under the same ridge. Matrix completion needs one: choose
+        it by cross-validation over hidden entries
+        (:class:`~sklearn_wsvd.model_selection.HiddenEntryScorer`,
+        :func:`~sklearn_wsvd.model_selection.alpha_path`). With metrics the
+        penalty applies to the whitened factors ``R^{1/2} A`` and ``B C^{1/2}``.
 
     feature_metric : array-like of shape (n_features, n_features) or (n_features,), \
             default=None
@@ -117,6 +130,15 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         stated problem exactly; directions that a singular metric ignores are then
         left at zero. A small value (1e-4 to 1e-2) keeps those directions close
         to ``X`` and bounds the conditioning, as GPTQ and K-FAC do.
+
+    svd_solver : {"auto", "full", "randomized"}, default="auto"
+        The truncated SVD of the closed forms and of the iterative solvers'
+        starting points. "full": LAPACK's, exact. "randomized": Halko et al.
+        (2011) with 5 power iterations, like scikit-learn's TruncatedSVD, with a
+        fixed seed; within rounding of the optimum where the singular values
+        decay, about 1% above it on pure noise. "auto": "randomized" when the
+        smaller side is 500 or more and ``n_components`` at most a quarter of
+        it, else "full".
 
     random_state : int, RandomState instance or None, default=None
         Seed of ``init="random"``.
@@ -186,7 +208,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     >>> Z.shape, svd.components_.shape
     ((30, 3), (3, 8))
     >>> svd.solver_
-    'als-cg'
+    'ncg'
     """
 
     _parameter_constraints: dict = {
@@ -198,6 +220,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         "alpha": [Interval(Real, 0, None, closed="left")],
         "feature_metric": ["array-like", "sparse matrix", torch.Tensor, None],
         "metric_damping": [Interval(Real, 0, None, closed="left")],
+        "svd_solver": [StrOptions(set(SVD_SOLVERS))],
         "random_state": ["random_state"],
         "device": [str, torch.device],
         "dtype": [StrOptions({"float32", "float64"})],
@@ -216,6 +239,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         alpha=0.0,
         feature_metric=None,
         metric_damping=0.0,
+        svd_solver="auto",
         random_state=None,
         device="auto",
         dtype="float32",
@@ -230,6 +254,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self.alpha = alpha
         self.feature_metric = feature_metric
         self.metric_damping = metric_damping
+        self.svd_solver = svd_solver
         self.random_state = random_state
         self.device = device
         self.dtype = dtype
@@ -325,11 +350,25 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             seed=check_random_state(self.random_state).randint(np.iinfo(np.int32).max),
             callback=self.callback,
             verbose=self.verbose,
+            svd_solver=self.svd_solver,
         )
         A, B = left(R_inv, factors.A), right(factors.B, C_inv)
         Z, S, Vt = _svd_of_product(A, B, W.mean(dim=1))
-        sse = objective(Y, W, left(R, Z), right(Vt, C))
-        total = float((W * Y.square()).sum())
+        self._ridge_basis = self._ridge_map = None
+        if self.alpha > 0:
+            # What transform needs to fold rows in under the same ridge: the fit's
+            # factor B in the (whitened) space where the penalty applies, in its
+            # balanced form (B B^T diagonal, the smallest penalty for the same
+            # product), and the map from its coordinates to the scores on Vt.
+            basis = _balanced_right_factor(factors.A, factors.B)
+            self._ridge_basis = to_numpy(basis)
+            self._ridge_map = to_numpy(right(basis, C_inv) @ Vt.T)
+        # The best objective the solver saw is that of these factors: less the ridge,
+        # the weighted error (computing it again would cost a product and passes).
+        penalty = self.alpha * float(factors.A.square().sum() + factors.B.square().sum())
+        sse = max(min(factors.objective) - penalty, 0.0)
+        w = uniform_weight(W)
+        total = float(Y.square().sum()) * w if w is not None else float((W * Y.square()).sum())
         dtype = numpy_dtype_like(X_in)
         self.components_ = to_numpy(Vt, dtype)
         self.singular_values_ = to_numpy(S, dtype)
@@ -474,9 +513,12 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         metric (row weights and a sample metric scale the problem without changing
         its solution); with them, the weighted least squares of the whitened rows,
         mapped back through the sample metric. Rows of zero weight get zero.
+        With a ridge (``alpha > 0``) every row is fitted under it, as in ``fit``.
         """
-        V = to_tensor(self.components_, device=X.device, dtype=X.dtype)
+        if getattr(self, "_ridge_basis", None) is not None:
+            return self._ridge_project(X, W, R, R_inv)
         C, _ = self._feature_root(X)
+        V = to_tensor(self.components_, device=X.device, dtype=X.dtype)
         if W is None or W.ndim == 1:
             if C is None:
                 return X @ V.T
@@ -485,6 +527,25 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         basis = right(V, C)
         Z = weighted_row_solve(right(left(R, X), C), W, basis, torch.zeros_like(X[:, : len(V)]))
         return left(R_inv, Z)
+
+    def _ridge_project(self, X, W, R, R_inv):
+        """Row ``i``'s coordinates ``c_i`` on the fit's balanced factor ``B``, under the ridge.
+
+        ``c_i`` minimises ``sum_j W_ij (Y_ij - (c_i B)_j)**2 + alpha |c_i|**2`` for
+        the whitened rows ``Y``: the fit's own step for ``A`` with ``B`` fixed, so a
+        fitted row folds back in to its fitted scores. ``B B^T`` is diagonal, so
+        without element-wise weights this is a division.
+        """
+        B = to_tensor(self._ridge_basis, device=X.device, dtype=X.dtype)
+        M = to_tensor(self._ridge_map, device=X.device, dtype=X.dtype)
+        C, _ = self._feature_root(X)  # the root B was fitted in
+        Y = right(left(R, X), C)
+        if W is None or W.ndim == 1:
+            r = 1.0 if W is None else W[:, None]
+            c = r * (Y @ B.T) / (r * B.square().sum(1) + self.alpha)
+        else:
+            c = weighted_row_solve(Y, W, B, torch.zeros_like(Y[:, : len(B)]), alpha=self.alpha)
+        return left(R_inv, c) @ M
 
     def _feature_root(self, X, *, reset=False, any_root=False, symmetric=False):
         """The feature metric's root (and, at fit, its inverse) as float64 tensors, or None.
@@ -654,9 +715,21 @@ def _check_sample_weight(sample_weight, X):
 
 
 def _dense_weights(W, X):
-    if W is None:
-        return torch.ones_like(X)
+    if W is None:  # a view of one number, not a matrix of ones
+        return X.new_ones(1, 1).expand_as(X)
     return W[:, None].expand_as(X) if W.ndim == 1 else W
+
+
+def _balanced_right_factor(A, B):
+    """``sqrt(S) Q^T`` for the thin SVD ``P S Q^T`` of ``A @ B``, in O((m + n) k^2).
+
+    Of all factorisations of ``A @ B`` with k rows it has the smallest
+    ``|A|^2 + |B|^2``, which a stationary point of the ridge problem has too.
+    """
+    _, Ra = torch.linalg.qr(A)
+    Qb, Rb = torch.linalg.qr(B.T)
+    _, S, vt = torch.linalg.svd(Ra @ Rb.T)
+    return S.sqrt()[:, None] * (vt @ Qb.T)
 
 
 def _svd_of_product(A, B, row_weight):

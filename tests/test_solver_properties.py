@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from sklearn_wsvd._solvers import objective, solve
 
-SOLVERS = ["svd", "fwsvd", "rank1", "als", "als-cg", "em", "adam"]
+SOLVERS = ["svd", "fwsvd", "rank1", "ncg", "als", "als-cg", "em", "adam"]
 SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -11,7 +11,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_wsvd import WeightedTruncatedSVD
 
-ITERATIVE = ["als", "als-cg", "em", "adam"]
+ITERATIVE = ["ncg", "als", "als-cg", "em", "adam"]
 ALL = ["svd", "fwsvd", "rank1", *ITERATIVE]
 
 
@@ -28,7 +28,7 @@ def test_uniform_weights_reach_truncated_svd(rng, solver):
     assert weighted_objective(X, W, L) == pytest.approx(2.0 * tail_energy(X, 4), rel=1e-9)
 
 
-@pytest.mark.parametrize("solver", ["als", "als-cg", "em"])
+@pytest.mark.parametrize("solver", ["ncg", "als", "als-cg", "em"])
 def test_iterative_solvers_find_the_svd_from_a_random_start(rng, solver):
     X = low_rank_plus_noise(rng)
     est = WeightedTruncatedSVD(
@@ -93,7 +93,7 @@ def test_iterative_solvers_improve_on_their_start(rng, solver):
     assert len(history) == est.n_iter_ + 1
 
 
-@pytest.mark.parametrize("solver", ["als", "als-cg", "em"])
+@pytest.mark.parametrize("solver", ["ncg", "als", "als-cg", "em"])
 @pytest.mark.parametrize("alpha", [0.0, 0.5])
 def test_monotone_history(rng, solver, alpha):
     X = rng.normal(size=(40, 25))
@@ -110,7 +110,7 @@ def test_element_wise_solvers_agree_on_the_optimum(rng):
     X = rng.normal(size=(40, 25))
     W = rng.normal(size=X.shape) ** 2
     errors = {}
-    for solver in ["als", "als-cg", "em"]:
+    for solver in ["ncg", "als", "als-cg", "em"]:
         est = WeightedTruncatedSVD(4, solver=solver, dtype="float64", tol=1e-10, max_iter=3000)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
@@ -135,7 +135,7 @@ def test_ridge_soft_thresholds_the_singular_values(rng):
     np.testing.assert_allclose(als.singular_values_, s - alpha, rtol=1e-5)
 
 
-@pytest.mark.parametrize("solver", ["als", "als-cg", "em"])
+@pytest.mark.parametrize("solver", ["ncg", "als", "als-cg", "em"])
 def test_matrix_completion_recovers_missing_entries(rng, solver):
     truth = rng.normal(size=(60, 3)) @ rng.normal(size=(3, 40))
     observed = rng.uniform(size=truth.shape) < 0.6
@@ -269,22 +269,48 @@ def test_exact_row_solve_is_the_weighted_least_squares_solution(
         np.testing.assert_allclose(A[i], expected, rtol=1e-8, atol=1e-10)
 
 
-def test_large_starting_points_use_a_deterministic_randomized_svd(rng, monkeypatch):
+def test_large_matrices_use_a_deterministic_randomized_svd(rng, monkeypatch):
     from sklearn_wsvd._solvers import closed_form
 
-    X = torch.tensor(low_rank_plus_noise(rng, m=1100, n=1000, rank=8))
+    X = torch.tensor(low_rank_plus_noise(rng, m=600, n=520, rank=8))
     calls = []
     lowrank = torch.svd_lowrank
     monkeypatch.setattr(torch, "svd_lowrank", lambda *a, **kw: calls.append(1) or lowrank(*a, **kw))
-    fits = [closed_form.truncated_svd(X, 8, exact=False) for _ in range(2)]
+    fits = [closed_form.truncated_svd(X, 8, svd_solver="auto") for _ in range(2)]
     assert len(calls) == 2
     torch.testing.assert_close(fits[0], fits[1], rtol=0, atol=0)
     A, B = fits[0]
     err = float((X - A @ B).square().sum())
     assert err == pytest.approx(tail_energy(X.numpy(), 8), rel=1e-6)
-    closed_form.truncated_svd(X, 8)  # the closed forms stay exact
-    closed_form.truncated_svd(X, 300, exact=False)  # and so do large ranks
+    closed_form.truncated_svd(X, 8, svd_solver="full")  # exact on request
+    closed_form.truncated_svd(X, 200, svd_solver="auto")  # and for large ranks
+    closed_form.truncated_svd(X[:400], 8, svd_solver="auto")  # and small matrices
     assert len(calls) == 2
+    closed_form.truncated_svd(X[:400], 8, svd_solver="randomized")
+    assert len(calls) == 3
+    # the estimator's closed forms and starts follow svd_solver
+    WeightedTruncatedSVD(8, solver="svd").fit(X.numpy())
+    WeightedTruncatedSVD(8, solver="als-cg", max_iter=1).fit(
+        X.numpy(), sample_weight=np.ones(X.shape)
+    )
+    assert len(calls) == 5
+    WeightedTruncatedSVD(8, solver="svd", svd_solver="full").fit(X.numpy())
+    assert len(calls) == 5
+
+
+def test_the_svd_solver_is_as_good_as_scikit_learns_truncated_svd(rng):
+    from sklearn.decomposition import TruncatedSVD
+
+    X = rng.normal(size=(600, 520))  # pure noise: the hardest case for a randomized SVD
+    k = 20
+    optimum = tail_energy(X, k)
+    sk = TruncatedSVD(k, random_state=0).fit(X)
+    sk_err = np.sum((X - sk.transform(X) @ sk.components_) ** 2)
+    est = WeightedTruncatedSVD(k, solver="svd", dtype="float64").fit(X)
+    assert est.reconstruction_err_**2 <= sk_err * (1 + 5e-3)
+    assert est.reconstruction_err_**2 < 1.02 * optimum
+    full = WeightedTruncatedSVD(k, solver="svd", svd_solver="full", dtype="float64").fit(X)
+    assert full.reconstruction_err_**2 == pytest.approx(optimum, rel=1e-10)
 
 
 def _solve(X, W, k, solver, **kw):

@@ -6,24 +6,26 @@ import time
 
 import torch
 
-from ._common import Factors, objective, weight_scale
+from ._common import Factors, objective, uniform_weight, weight_scale
 from .als import als, als_cg, weighted_row_solve
-from .closed_form import fwsvd, rank1, rank_one_approximation, svd
+from .closed_form import SVD_SOLVERS, fwsvd, rank1, rank_one_approximation, svd
 from .em import em
 from .gradient import adam
+from .ncg import ncg
 
 CLOSED_FORM = {"svd": svd, "fwsvd": fwsvd, "rank1": rank1}
-ITERATIVE = {"als": als, "als-cg": als_cg, "em": em, "adam": adam}
+ITERATIVE = {"als": als, "als-cg": als_cg, "ncg": ncg, "em": em, "adam": adam}
 SOLVERS = ("auto", *CLOSED_FORM, *ITERATIVE)
 INITS = ("svd", "fwsvd", "rank1", "random")
-DEFAULT_MAX_ITER = {"als": 100, "als-cg": 200, "em": 500, "adam": 300}
+DEFAULT_MAX_ITER = {"als": 100, "als-cg": 200, "ncg": 500, "em": 500, "adam": 300}
 # The iterative solver "auto" picks when no closed form is exact; see
 # benchmarks/bench_solvers.py for the measurements behind the choice.
-AUTO_ITERATIVE = "als-cg"
+AUTO_ITERATIVE = "ncg"
 
 __all__ = [
     "Factors",
     "SOLVERS",
+    "SVD_SOLVERS",
     "balance",
     "complete_rank",
     "CLOSED_FORM",
@@ -32,6 +34,7 @@ __all__ = [
     "objective",
     "resolve_solver",
     "solve",
+    "uniform_weight",
     "weighted_row_solve",
 ]
 
@@ -40,7 +43,7 @@ def resolve_solver(solver: str, W, alpha: float) -> str:
     """Resolve ``"auto"``: the exact closed form the weights allow, else the iterative default."""
     if solver != "auto":
         return solver
-    if bool((W == W.reshape(-1)[0]).all()):
+    if uniform_weight(W) is not None or bool((W == W[0, 0]).all()):
         return "svd"
     if alpha == 0:
         a, b = rank_one_approximation(W)
@@ -82,6 +85,7 @@ def solve(
     seed: int = 0,
     callback=None,
     verbose: bool = False,
+    svd_solver: str = "auto",
     **options,
 ) -> Factors:
     """Fit ``X ~ A @ B`` (``A``: m x k, ``B``: k x n) under the weights ``W``.
@@ -89,7 +93,9 @@ def solve(
     ``X`` must be finite (missing entries filled with anything, their weight zero)
     and ``W`` dense, both on the same device and dtype. ``solver`` must already be
     resolved (not ``"auto"``). ``init`` is a name of :data:`INITS` or a pair
-    ``(A0, B0)``; ``options`` go to the solver function.
+    ``(A0, B0)``; ``options`` go to the solver function. ``svd_solver`` is the
+    truncated SVD of the closed forms and of the starting points
+    (:func:`~sklearn_wsvd._solvers.closed_form.truncated_svd`).
 
     The solvers see ``W / max(W)`` and ``alpha / max(W)``, the same problem in
     units where the largest weight is one, so that weights of any scale give the
@@ -104,15 +110,15 @@ def solve(
     if scale != 1.0:
         W, alpha = W / scale, alpha / scale
     if solver in CLOSED_FORM:
-        A, B = CLOSED_FORM[solver](X, W, k, alpha)
+        A, B = CLOSED_FORM[solver](X, W, k, alpha, svd_solver)
         f = objective(X, W, A, B, alpha) * scale
         return Factors(A, B, 1, [f], [time.perf_counter() - start])
     if isinstance(init, tuple):
-        A, B = complete_rank(X, W, *init, alpha)
+        A, B = complete_rank(X, W, *init, alpha, svd_solver)
     elif init == "random":
         A, B = _random_init(X, k, torch.Generator().manual_seed(seed))
-    else:  # a starting point need not be exact: large matrices get a randomized SVD
-        A, B = CLOSED_FORM[init](X, W, k, alpha, exact=False)
+    else:
+        A, B = CLOSED_FORM[init](X, W, k, alpha, svd_solver)
     max_iter = DEFAULT_MAX_ITER[solver] if max_iter is None else max_iter
     return ITERATIVE[solver](
         X,
@@ -143,7 +149,7 @@ def balance(A, B):
     return A * t, B / t[:, None]
 
 
-def complete_rank(X, W, A, B, alpha: float = 0.0):
+def complete_rank(X, W, A, B, alpha: float = 0.0, svd_solver: str = "auto"):
     """Give a starting pair whose product has rank ``r < k`` its ``k - r`` missing directions.
 
     Where ``A @ B`` has rank ``r``, the objective's gradient vanishes in the
@@ -164,7 +170,7 @@ def complete_rank(X, W, A, B, alpha: float = 0.0):
     root = S[:r].sqrt()
     A0, B0 = (Qa @ U[:, :r]) * root, root[:, None] * (Vt[:r] @ Qb.T)
     R = X - A0 @ B0
-    A1, B1 = rank1(R, W, k - r, alpha, exact=False)
+    A1, B1 = rank1(R, W, k - r, alpha, svd_solver)
     M = A1 @ B1
     curvature = float((W * M.square()).sum())
     if curvature > 0:  # the best step t along M, with the ridge's t (|A1|^2 + |B1|^2)

@@ -35,11 +35,19 @@ def objective_tensor(X, W, A, B, alpha: float = 0.0) -> torch.Tensor:
     return value
 
 
+def uniform_weight(W) -> float | None:
+    """The weight of a uniform ``W`` given as a view of one number (no matrix), else None."""
+    if W.ndim == 2 and W.stride() == (0, 0):
+        return float(W[0, 0])
+    return None
+
+
 def objective(X, W, A, B, alpha: float = 0.0) -> float:
     """:func:`objective_tensor` as a Python float, with one matrix-sized temporary."""
     with torch.no_grad():
         R = torch.addmm(X, A, B, alpha=-1.0)
-        value = float(R.square_().mul_(W).sum())
+        w = uniform_weight(W)
+        value = float(R.square_().sum()) * w if w is not None else float(R.square_().mul_(W).sum())
         if alpha:
             value += alpha * float(A.square().sum() + B.square().sum())
     return value
@@ -47,7 +55,8 @@ def objective(X, W, A, B, alpha: float = 0.0) -> float:
 
 def weight_scale(W) -> float:
     """The largest weight, the unit in which the solvers measure weights (1 if none is positive)."""
-    scale = float(W.max()) if W.numel() else 1.0
+    w = uniform_weight(W)
+    scale = w if w is not None else float(W.max()) if W.numel() else 1.0
     return scale if 0.0 < scale < math.inf else 1.0
 
 
@@ -87,6 +96,7 @@ def iterate(
     verbose: bool = False,
     patience: int = 1,
     scale: float = 1.0,
+    restart: Callable | None = None,
 ):
     """Run ``A, B = step(A, B, it)`` until the objective stalls; keep the best iterate.
 
@@ -105,6 +115,13 @@ def iterate(
     ``W`` and ``alpha`` may be a rescaled problem (see :func:`solve`): ``scale``
     multiplies every objective reported (history and callback), so that they are
     in the caller's units.
+
+    A stall with a vanished component (a column of ``A`` and a row of ``B`` at
+    zero, as the ridge leaves them) is not yet convergence where the objective
+    can still fall along a new rank-one direction (:func:`revive`): the
+    component is revived there and the run goes on. ``restart(A, B)`` then
+    tells the step to forget its state (momentum, previous directions); a solver
+    without it is never revived.
     """
     f = objective(X, W, A, B, alpha)
     best = (f, A, B)
@@ -113,10 +130,15 @@ def iterate(
     history, seconds = [f * scale], [init_seconds]
     start = time.perf_counter() - init_seconds
     converged = stopped = False
-    it = stalls = 0
+    it = stalls = revivals = 0
     noise = low = 0.0
+    revived = None
     with tqdm(total=max_iter, desc=name, disable=not verbose, leave=False) as bar:
         for it in range(1, max_iter + 1):
+            if revived is not None:
+                A, B = revived
+                restart(A, B)
+                revived = None
             A, B = step(A, B, it)
             f_prev, f = f, objective(X, W, A, B, alpha)
             history.append(f * scale)
@@ -138,8 +160,54 @@ def iterate(
             stalled = abs(f_prev - f) <= tol * low + noise
             stalls = stalls + 1 if stalled else 0
             if stalls >= patience:
-                converged = True
-                break
+                if restart is not None and revivals < A.shape[1]:
+                    revived = revive(X, W, A, B, alpha, f, tol)
+                if revived is None:
+                    converged = True
+                    break
+                revivals, stalls = revivals + 1, 0
     rounding_limited = converged and noise > tol * low
     converged = converged or stopped or max_iter == 0
     return Factors(best[1], best[2], it, history, seconds, converged, rounding_limited)
+
+
+def revive(X, W, A, B, alpha: float, f: float, tol: float):
+    """Give a vanished component of ``(A, B)`` the rank-one direction lowering the objective most.
+
+    With a ridge, a component whose column of ``A`` and row of ``B`` are both
+    zero is a stationary point that no solver leaves, though the objective may
+    fall along a new direction ``u v^T``: by ``-2 t (u^T G v - alpha)`` for
+    ``a = sqrt(t) u``, ``b = sqrt(t) v`` and the weighted residual
+    ``G = W * (X - A B)``. So the fit is optimal over all ranks (the
+    nuclear-norm-penalised optimum, when components are to spare) only where
+    the largest singular value of ``G`` is at most ``alpha``. Otherwise the
+    weakest component, if it has vanished (below ``sqrt(eps)`` of the largest),
+    is replaced by the top singular pair of ``G`` at the best step along it.
+    Returns the new pair, or None where nothing lowers ``f`` by more than ``tol``
+    relative to it.
+    """
+    from .closed_form import truncated_svd  # closed_form imports this module
+
+    size = torch.linalg.vector_norm(A, dim=0) * torch.linalg.vector_norm(B, dim=1)
+    j = int(torch.argmin(size))
+    eps = torch.finfo(A.dtype).eps
+    if float(size.max()) > 0 and float(size[j]) > eps**0.5 * float(size.max()):
+        return None
+    G = torch.addmm(X, A, B, alpha=-1.0).mul_(W)
+    u, v = truncated_svd(G, 1, svd_solver="auto")
+    top = float(u.square().sum().sqrt() * v.square().sum().sqrt())
+    if top <= alpha or top == 0:
+        return None
+    u, v = u / u.norm(), v / v.norm()
+    M = u @ v
+    curvature = float((W * M.square()).sum())
+    if curvature <= 0:
+        return None
+    t = (float((G * M).sum()) - alpha) / curvature
+    if t <= 0:
+        return None
+    A, B = A.clone(), B.clone()
+    A[:, j], B[j] = t**0.5 * u[:, 0], t**0.5 * v[0]
+    if objective(X, W, A, B, alpha) >= f * (1 - tol):
+        return None
+    return A, B

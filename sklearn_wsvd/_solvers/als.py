@@ -151,7 +151,19 @@ def als(
         B = weighted_row_solve(Xt, Wt, A.T, B.T, alpha=alpha, memory_budget=memory_budget).T
         return A, B
 
-    return iterate(step, X, W, A, B, alpha=alpha, max_iter=max_iter, tol=tol, name="als", **kw)
+    return iterate(
+        step,
+        X,
+        W,
+        A,
+        B,
+        alpha=alpha,
+        max_iter=max_iter,
+        tol=tol,
+        name="als",
+        restart=_stateless,
+        **kw,
+    )
 
 
 def als_cg(X, W, A, B, *, alpha=0.0, max_iter=100, tol=1e-5, cg_steps=3, **kw):
@@ -164,4 +176,20 @@ def als_cg(X, W, A, B, *, alpha=0.0, max_iter=100, tol=1e-5, cg_steps=3, **kw):
         B = _cg_row_update(WXt, Wt, B.T, A.T, alpha, cg_steps).T
         return A, B
 
-    return iterate(step, X, W, A, B, alpha=alpha, max_iter=max_iter, tol=tol, name="als-cg", **kw)
+    return iterate(
+        step,
+        X,
+        W,
+        A,
+        B,
+        alpha=alpha,
+        max_iter=max_iter,
+        tol=tol,
+        name="als-cg",
+        restart=_stateless,
+        **kw,
+    )
+
+
+def _stateless(A, B):
+    """The sweeps keep no state between iterations: nothing to forget after a revival."""

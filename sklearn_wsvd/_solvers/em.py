@@ -58,4 +58,9 @@ def em(X, W, A, B, *, alpha=0.0, max_iter=500, tol=1e-5, accelerate=True, **kw):
         state.update(L_prev=L, f=objective(X, W, A1, B1, alpha))
         return A1, B1
 
-    return iterate(step, X, W, A, B, alpha=alpha, max_iter=max_iter, tol=tol, name="em", **kw)
+    def restart(A, B):  # a revived component: the momentum no longer points anywhere useful
+        state.update(L_prev=A @ B, t=1.0, f=objective(X, W, A, B, alpha))
+
+    return iterate(
+        step, X, W, A, B, alpha=alpha, max_iter=max_iter, tol=tol, name="em", restart=restart, **kw
+    )

@@ -1,0 +1,231 @@
+"""Matrix completion: the ridge (a nuclear-norm penalty), folding rows in under it, and
+choosing it by cross-validation over hidden entries."""
+
+import warnings
+
+import numpy as np
+import pytest
+import sklearn
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from sklearn_wsvd import WeightedTruncatedSVD
+from sklearn_wsvd.model_selection import HiddenEntryScorer, alpha_path
+
+
+def soft_thresholded_svd(M, alpha):
+    U, s, Vt = np.linalg.svd(M, full_matrices=False)
+    return (U * np.maximum(s - alpha, 0.0)) @ Vt
+
+
+def noisy_completion(seed=0, m=80, n=40, rank=3, observed=0.4, noise=1.0):
+    """A rank-3 truth, 40% of it observed under unit noise: NaN elsewhere."""
+    rng = np.random.default_rng(seed)
+    truth = rng.normal(size=(m, rank)) @ rng.normal(size=(rank, n))
+    W = (rng.uniform(size=truth.shape) < observed).astype(float)
+    X = np.where(W > 0, truth + noise * rng.normal(size=truth.shape), np.nan)
+    return X, W, truth
+
+
+def hidden_rmse(est, X, W, truth):
+    L = est.inverse_transform(est.transform(X, sample_weight=W))
+    return float(np.sqrt(np.mean((L - truth)[W == 0] ** 2)))
+
+
+@pytest.mark.parametrize("solver", ["svd", "als", "als-cg"])
+def test_ridge_under_uniform_weights_is_the_soft_thresholded_svd(rng, solver):
+    # The ridge alpha (|A|^2 + |B|^2) is the nuclear-norm penalty 2 alpha |L|_*
+    # (SoftImpute's, with nothing missing): the optimum soft-thresholds the
+    # singular values, and components below the threshold vanish.
+    X = rng.normal(size=(30, 20))
+    s = np.linalg.svd(X, compute_uv=False)
+    alpha = float(s[3] + s[4]) / 2  # four singular values survive, k = 8 leaves room
+    est = WeightedTruncatedSVD(
+        8, solver=solver, alpha=alpha, dtype="float64", tol=1e-12, max_iter=1000
+    )
+    init = "random" if solver != "svd" else None  # the rank1 start is already exact here
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # the dying components crawl
+        est.set_params(init=init, random_state=0)
+        L = est.fit_transform(X, sample_weight=np.ones(X.shape)) @ est.components_
+    expected = soft_thresholded_svd(X, alpha)
+    atol = 1e-10 if solver == "svd" else 1e-4
+    np.testing.assert_allclose(L, expected, atol=atol * np.abs(X).max())
+    np.testing.assert_allclose(est.singular_values_, np.maximum(s[:8] - alpha, 0), atol=atol)
+    penalty = 2 * alpha * np.linalg.svd(expected, compute_uv=False).sum()
+    nuclear = np.sum((X - expected) ** 2) + penalty
+    assert est.history_["objective"][-1] == pytest.approx(nuclear, rel=10 * atol)
+
+
+@pytest.mark.parametrize("solver", ["als", "ncg"])
+def test_ridge_completion_is_a_soft_impute_fixed_point(solver):
+    # With missing entries the optimum L of the ridge with enough components is
+    # the nuclear-norm-penalised completion: L = S_alpha(W * X + (1 - W) * L),
+    # the fixed point that SoftImpute iterates to (Mazumder, Hastie, Tibshirani 2010).
+    # Components that the ridge zeroes on the way are revived where the objective
+    # can still fall: without that, ALS stopped at rank 5 where the optimum has 7.
+    X, W, _ = noisy_completion(m=40, n=25, observed=0.6)
+    alpha = 6.0
+    est = WeightedTruncatedSVD(12, solver=solver, alpha=alpha, dtype="float64", tol=1e-14)
+    L = est.set_params(max_iter=5000).fit_transform(X, sample_weight=W) @ est.components_
+    filled = np.where(W > 0, X, L)
+    assert np.sum(est.singular_values_ > 1e-6) == 7  # the penalty chose the rank
+    np.testing.assert_allclose(soft_thresholded_svd(filled, alpha), L, atol=1e-5)
+
+
+@pytest.mark.parametrize("weights", ["none", "rows", "entries"])
+@pytest.mark.parametrize("metric", [False, True])
+def test_transform_folds_the_training_rows_back_to_their_fit(rng, weights, metric):
+    # With a ridge, transform solves each row's problem under the same ridge, so
+    # transform(X) == fit_transform(X) on the training rows (it used to project
+    # orthogonally, ignoring the penalty).
+    X = rng.normal(size=(40, 15))
+    W = {
+        "none": None,
+        "rows": rng.uniform(0.5, 2.0, size=40),
+        "entries": rng.uniform(0.5, 2.0, size=X.shape),
+    }[weights]
+    C = np.diag(rng.uniform(0.5, 2.0, size=15)) if metric else None
+    est = WeightedTruncatedSVD(
+        4, solver="als", alpha=3.0, feature_metric=C, dtype="float64", tol=1e-14, max_iter=5000
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        Z = est.fit_transform(X, sample_weight=W)
+    np.testing.assert_allclose(est.transform(X, sample_weight=W), Z, atol=1e-6)
+    assert est.score(X, sample_weight=W) < 0
+
+
+def test_hidden_entries_split_the_observed_ones(rng):
+    X, W, _ = noisy_completion()
+    scorer = HiddenEntryScorer(fraction=0.3, random_state=1)
+    kept, hidden = scorer.split(X, W)
+    np.testing.assert_array_equal(kept + hidden, W)
+    assert not np.any((kept > 0) & (hidden > 0))
+    assert hidden.sum() / W.sum() == pytest.approx(0.3, abs=0.05)
+    np.testing.assert_array_equal(scorer.split(X, W)[1], hidden)  # the same for every candidate
+    _, by_nan = scorer.split(X)  # no weights: NaN is missing
+    np.testing.assert_array_equal(by_nan, hidden)
+    for bad, match in [({"fraction": 1.0}, "fraction"), ({"random_state": None}, "an int")]:
+        with pytest.raises(ValueError, match=match):
+            HiddenEntryScorer(**bad).split(X, W)
+
+
+class _Spy(WeightedTruncatedSVD):
+    """Records what every fit and transform sees (clones share the class's list)."""
+
+    calls: list = []
+
+    def fit(self, X, y=None, sample_weight=None, sample_metric=None):
+        self.calls.append(("fit", np.array(X), np.array(sample_weight)))
+        return super().fit(X, y, sample_weight=sample_weight, sample_metric=sample_metric)
+
+    def transform(self, X, sample_weight=None, sample_metric=None):
+        self.calls.append(("transform", np.array(X), np.array(sample_weight)))
+        return super().transform(X, sample_weight=sample_weight, sample_metric=sample_metric)
+
+
+def test_no_hidden_entry_ever_reaches_fit_or_the_fold_in():
+    X, W, _ = noisy_completion()
+    X = X + 1e-3 * np.arange(X.shape[0])[:, None]  # rows told apart by their values
+    scorer = HiddenEntryScorer(fraction=0.25)
+    _Spy.calls = []
+    with sklearn.config_context(enable_metadata_routing=True):
+        est = _Spy(6, alpha=2.0).set_fit_request(sample_weight=True)
+        est.set_transform_request(sample_weight=True)
+        GridSearchCV(
+            est, {"alpha": [1.0, 3.0]}, scoring=scorer, cv=KFold(4, shuffle=True, random_state=0)
+        ).fit(X, sample_weight=W)
+    calls = _Spy.calls[:-1]  # the last one is the refit on every row
+    assert [c[0] for c in calls] == ["fit", "transform"] * 8
+    for (_, X_fit, _), (_, X_in, W_in) in zip(calls[::2], calls[1::2], strict=True):
+        fitted_rows = {tuple(np.nan_to_num(r, nan=np.inf)) for r in X_fit}
+        test_rows = _rows_of(X, X_in)
+        assert not any(tuple(np.nan_to_num(X[i], nan=np.inf)) in fitted_rows for i in test_rows)
+        # the fold-in sees the test rows with the hidden entries removed, value and weight
+        kept, hidden = scorer.split(X[test_rows], W[test_rows])
+        assert hidden.sum() > 0
+        assert np.all(np.isnan(X_in[hidden > 0])) and np.all(W_in[hidden > 0] == 0)
+        np.testing.assert_array_equal(W_in, kept)
+
+
+def _rows_of(X, X_in):
+    """Indices of the rows of ``X`` that ``X_in`` holds (NaN-tolerant, in order)."""
+    out = []
+    for row in X_in:
+        same = np.all((X == row) | np.isnan(row), axis=1)
+        out.append(int(np.flatnonzero(same)[0]))
+    return out
+
+
+def test_grid_search_picks_a_penalty_that_lowers_the_hidden_error():
+    X, W, truth = noisy_completion()
+    alphas = [0.0, 1.0, 3.0, 10.0, 30.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.filterwarnings("ignore", ".*fewer entries of non-zero weight", UserWarning)
+        with sklearn.config_context(enable_metadata_routing=True):
+            est = WeightedTruncatedSVD(8, random_state=0).set_fit_request(sample_weight=True)
+            grid = GridSearchCV(
+                est,
+                {"alpha": alphas},
+                scoring=HiddenEntryScorer(),
+                cv=KFold(5, shuffle=True, random_state=0),
+            ).fit(X, sample_weight=W)
+        unpenalised = WeightedTruncatedSVD(8, random_state=0).fit(X, sample_weight=W)
+    assert grid.best_params_["alpha"] > 0
+    chosen = hidden_rmse(grid.best_estimator_, X, W, truth)
+    assert chosen < 0.3 * hidden_rmse(unpenalised, X, W, truth)
+    # within 10% of the best penalty of the grid (which needs the truth to find)
+    best = min(
+        hidden_rmse(
+            WeightedTruncatedSVD(8, alpha=a, random_state=0).fit(X, sample_weight=W), X, W, truth
+        )
+        for a in alphas[1:]
+    )
+    assert chosen < 1.1 * best
+
+
+def test_a_warm_path_agrees_with_the_grid_search():
+    X, W, _ = noisy_completion(seed=1)
+    cv = KFold(5, shuffle=True, random_state=0)
+    alphas = [30.0, 10.0, 3.0, 1.0]
+    # converged tightly, the warm and the cold fits reach the same optima
+    est = WeightedTruncatedSVD(8, tol=1e-9, max_iter=2000, random_state=0)
+    path = alpha_path(est, X, W, alphas=alphas, cv=cv)
+    with sklearn.config_context(enable_metadata_routing=True):
+        est = clone(est).set_fit_request(sample_weight=True)
+        grid = GridSearchCV(est, {"alpha": alphas}, scoring=HiddenEntryScorer(), cv=cv)
+        grid.fit(X, sample_weight=W)
+    np.testing.assert_allclose(path["alphas"], alphas)
+    np.testing.assert_allclose(
+        path["mean_test_score"], grid.cv_results_["mean_test_score"], rtol=0.02
+    )
+    assert path["best_alpha"] == grid.best_params_["alpha"]
+    default = alpha_path(WeightedTruncatedSVD(8), X, W, n_alphas=3, cv=cv)
+    alpha_max = np.linalg.svd(np.where(W > 0, X, 0.0), compute_uv=False)[0]
+    np.testing.assert_allclose(default["alphas"], alpha_max * np.array([1.0, 10**-1.5, 1e-3]))
+
+
+def test_the_scorer_folds_in_through_a_pipeline():
+    # Columns centred by their observed means (StandardScaler ignores NaN), the
+    # model fitted to the rest: the scorer folds in and maps back through every step.
+    X, W, _ = noisy_completion()
+    X = X + 5.0 * np.arange(X.shape[1])
+    with sklearn.config_context(enable_metadata_routing=True):
+        pipe = make_pipeline(
+            StandardScaler(with_std=False).set_fit_request(sample_weight=False),
+            WeightedTruncatedSVD(6, alpha=3.0).set_fit_request(sample_weight=True),
+        )
+        pipe.fit(X[:60], sample_weight=W[:60])
+    scorer = HiddenEntryScorer()
+    kept, hidden = scorer.split(X[60:], W[60:])
+    mean, est = pipe[0].mean_, pipe[-1]
+    X_in = np.where(kept > 0, X[60:], np.nan) - mean
+    X_hat = est.inverse_transform(est.transform(X_in, sample_weight=kept)) + mean
+    expected = -np.sum(hidden * np.nan_to_num(X[60:] - X_hat) ** 2) / hidden.sum()
+    assert scorer(pipe, X[60:], sample_weight=W[60:]) == pytest.approx(expected, rel=1e-10)
+    assert expected > -3.0  # about the noise variance, 1
