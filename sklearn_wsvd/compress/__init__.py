@@ -1,13 +1,15 @@
 """Compressing neural networks: calibration statistics, methods, low-rank layers, save/load."""
 
-from ._compress import CompressionReport, LayerReport, allocate_ranks, compress_model
+from ._compress import compress_model
 from ._targets import find_targets
+from .allocation import allocate_ranks
 from .calibration import InputStatistics, LayerStatistics, collect_statistics, merge_statistics
 from .evaluation import accuracy, embeddings, perplexity
 from .importance import fisher_importance
 from .io import load_compressed, save_compressed
 from .layers import LowRankLinear, merge_lowrank
 from .methods import METHODS, register_method
+from .report import CompressionReport, LayerReport
 
 __all__ = [
     "METHODS",

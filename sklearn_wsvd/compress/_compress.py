@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import copy
-import math
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from numbers import Integral, Real
+from numbers import Real
 
 import torch
 from joblib import Parallel, delayed
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._whitening import metric_root
 from ..metrics import loss_estimate, output_error, truncated
 from ._sequential import (
     BlockRunner,
@@ -26,289 +23,17 @@ from ._sequential import (
     stages,
 )
 from ._targets import find_targets
-from .calibration import KINDS, LayerStatistics, collect_statistics
+from .allocation import allocation_name, check_rank, resolve_ranks
+from .calibration import collect_statistics, statistics_from_importance
 from .layers import LowRankLinear, dense_weight, linear_shape, set_submodule
 from .methods import DEFAULT_DAMPING, METHODS, get_method
+from .report import CompressionReport, LayerReport
 
 # The default method: the one that measured best (benchmarks/bench_compression.py).
 DEFAULT_METHOD = "kfac"
 # A factorised layer must save at least this fraction of its weights, or it stays dense:
 # a second matmul for a few percent is a loss in speed.
 DEFAULT_MIN_SAVING = 0.1
-
-
-@dataclass
-class LayerReport:
-    """What happened to one layer.
-
-    ``rank`` is None for a layer left dense (factorising it would save less than
-    ``min_saving``). Errors compare the layer's weight ``W`` with its replacement
-    ``W'``; the ``svd_`` fields are those of plain truncated SVD at the same rank
-    (the layer's SVD risk). ``output_error`` is ``|(W - W') X| / |W X|`` on the
-    calibration inputs ``X``; ``loss_estimate`` the predicted loss increase,
-    ``0.5 tr(dW C dW^T G)`` with K-FAC's curvature when output gradients were
-    collected, else ``0.5 sum F dW**2`` with the diagonal Fisher ``F``. Fields
-    whose statistics were not collected are None.
-    """
-
-    name: str
-    shape: tuple[int, int]
-    rank: int | None
-    params_before: int
-    params_after: int
-    method: str
-    solver: str
-    seconds: float
-    relative_error: float = 0.0
-    svd_relative_error: float = 0.0
-    output_error: float | None = None
-    svd_output_error: float | None = None
-    loss_estimate: float | None = None
-    svd_loss_estimate: float | None = None
-
-
-@dataclass
-class CompressionReport:
-    """Per-layer report of :func:`compress_model`, with the whole model's parameter counts.
-
-    ``to_dict()`` (JSON-ready), ``to_pandas()`` (one row per layer) and ``str()``
-    (a table that fits 100 columns) are views of the same data.
-    """
-
-    layers: list[LayerReport] = field(default_factory=list)
-    method: str = ""
-    allocation: str = "uniform"
-    sequential: bool = False
-    model_params_before: int = 0
-    model_params_after: int = 0
-    seconds: float = 0.0
-
-    @property
-    def params_before(self) -> int:
-        """Weights of the target layers before compression."""
-        return sum(r.params_before for r in self.layers)
-
-    @property
-    def params_after(self) -> int:
-        """Weights of the target layers after compression."""
-        return sum(r.params_after for r in self.layers)
-
-    def to_dicts(self) -> list[dict]:
-        return [asdict(r) for r in self.layers]
-
-    def to_dict(self) -> dict:
-        return {
-            "method": self.method,
-            "allocation": self.allocation,
-            "sequential": self.sequential,
-            "model_params_before": self.model_params_before,
-            "model_params_after": self.model_params_after,
-            "target_params_before": self.params_before,
-            "target_params_after": self.params_after,
-            "seconds": self.seconds,
-            "layers": self.to_dicts(),
-        }
-
-    def to_pandas(self):
-        import pandas as pd
-
-        return pd.DataFrame(self.to_dicts())
-
-    def __str__(self) -> str:
-        def num(x, width):
-            return f"{'-' if x is None else format(x, '.3g'):>{width}}"
-
-        head = (
-            f"{'layer':<32} {'shape':>9} {'rank':>5} {'kept':>6} {'relerr':>6} {'outerr':>6} "
-            f"{'(svd)':>6} {'loss':>8} {'(svd)':>8} {'s':>5}"
-        )
-        lines = [head, "-" * len(head)]
-        for r in self.layers:
-            name = r.name if len(r.name) <= 32 else "..." + r.name[-29:]
-            shape = f"{r.shape[0]}x{r.shape[1]}"
-            lines.append(
-                f"{name:<32} {shape:>9} {'dense' if r.rank is None else r.rank:>5} "
-                f"{r.params_after / r.params_before:>6.1%} {num(r.relative_error, 6)} "
-                f"{num(r.output_error, 6)} {num(r.svd_output_error, 6)} "
-                f"{num(r.loss_estimate, 8)} {num(r.svd_loss_estimate, 8)} {r.seconds:>5.1f}"
-            )
-        lines.append(
-            "relerr |W-W'|/|W|; outerr |(W-W')X|/|WX| on the calibration inputs; loss: "
-            "predicted loss"
-        )
-        lines.append("increase; (svd): plain SVD at the same rank; s: seconds")
-        target = self.params_after / max(self.params_before, 1)
-        model = self.model_params_after / max(self.model_params_before, 1)
-        how = f"{self.allocation} ranks" + (", sequential" if self.sequential else "")
-        lines.append(
-            f"method {self.method!r} ({how}): target layers {self.params_before:,} -> "
-            f"{self.params_after:,} weights ({target:.1%} kept)"
-        )
-        lines.append(
-            f"whole model {self.model_params_before:,} -> {self.model_params_after:,} "
-            f"parameters ({model:.1%} kept), {self.seconds:.1f} s"
-        )
-        losses = [r.loss_estimate for r in self.layers if r.loss_estimate is not None]
-        if losses:
-            svd = sum(r.svd_loss_estimate for r in self.layers if r.svd_loss_estimate is not None)
-            lines.append(f"predicted loss increase {sum(losses):.4g} (plain SVD: {svd:.4g})")
-        return "\n".join(lines)
-
-
-def max_saving_rank(m: int, n: int, min_saving: float = 0.0) -> int:
-    """Largest rank whose factors, ``k (m + n)`` weights, save ``min_saving`` of the dense ``m n``.
-
-    With ``min_saving=0`` the largest rank with fewer weights than the dense layer.
-    """
-    return max(0, math.ceil((1.0 - min_saving) * m * n / (m + n)) - 1)
-
-
-def statistics_from_importance(importance, shapes) -> dict[str, LayerStatistics]:
-    """Wrap a dict of diagonal-Fisher arrays (``fisher_importance``'s output) as statistics."""
-    missing = [n for n in shapes if n not in importance]
-    if missing:
-        raise ValueError(f"importance has no entry for the target layers {missing}.")
-    out = {}
-    for name, shape in shapes.items():
-        F = torch.as_tensor(importance[name]).detach().to(torch.float64)
-        if tuple(F.shape) != tuple(shape):
-            raise ValueError(
-                f"importance[{name!r}] has shape {tuple(F.shape)}, but the layer's weight is "
-                f"{tuple(shape)} (out_features, in_features)."
-            )
-        if not torch.isfinite(F).all():
-            raise ValueError(f"importance[{name!r}] contains NaN or infinite values.")
-        if (F < 0).any():
-            raise ValueError(
-                f"importance[{name!r}] must be non-negative; its smallest entry is "
-                f"{float(F.min()):g}."
-            )
-        out[name] = LayerStatistics(tuple(shape), fisher_sum=F, n_losses=1)
-    return out
-
-
-def _curve(weight, stats, damping):
-    """Gains of each rank of a layer, in units comparable across layers.
-
-    With input and output-gradient statistics, the K-FAC loss estimate (exact for
-    the "kfac" method): ``0.5 s_i**2`` of ``G^{1/2} W C^{1/2}``. With a diagonal
-    Fisher, ``0.5 s_i**2`` of the weight scaled by the Fisher's rank-one model
-    (exact when it has rank one). Without statistics the relative Frobenius
-    error. A layer the loss never reaches gains nothing from any rank.
-    """
-    from .._solvers.closed_form import rank_one_approximation
-
-    X = weight.detach().to(torch.float64)
-    nothing = torch.zeros(min(X.shape), dtype=X.dtype)
-    if stats is not None and stats.has("inputs") and stats.has("output_gradients"):
-        G = stats.output_gradient_moment.to(X.device)
-        if not (G != 0).any():
-            return nothing
-        # Any square roots give these singular values: the fast Cholesky factors.
-        C, _ = metric_root(stats.input_second_moment.to(X.device), damping, "C", symmetric=False)
-        R, _ = metric_root(G, damping, "G", symmetric=False)
-        return 0.5 * torch.linalg.svdvals(R.T @ X @ C).square()
-    if stats is not None and stats.has("fisher"):
-        F = stats.fisher.to(X.device)
-        if not (F > 0).any():
-            return nothing
-        a, b = rank_one_approximation(F)
-        return 0.5 * torch.linalg.svdvals(a.sqrt()[:, None] * X * b.sqrt()).square()
-    s2 = torch.linalg.svdvals(X).square()
-    return s2 / s2.sum().clamp_min(torch.finfo(s2.dtype).tiny)
-
-
-def allocate_ranks(
-    weights,
-    statistics=None,
-    budget: int | None = None,
-    *,
-    min_saving: float = 0.0,
-    metric_damping: float = DEFAULT_DAMPING,
-) -> dict[str, int]:
-    """Spread ``budget`` weights over the layers where they lower the predicted damage most.
-
-    Each layer's damage as a function of its rank is read off one SVD (see the
-    currencies below): rank ``k + 1`` removes the ``k + 1``-th gain at the cost of
-    ``m + n`` weights. Taking the best gains per weight first is optimal for these
-    separable, convex curves. Every layer keeps rank 1 or more and at most the
-    largest rank that still saves ``min_saving`` of its weights.
-
-    The currency follows the statistics: with inputs and output gradients the
-    K-FAC loss estimate of the Kronecker closed form; with a diagonal Fisher (a
-    dict of arrays, as :func:`fisher_importance` returns, or statistics) its
-    rank-one model's loss estimate; with none the relative Frobenius error. With
-    inputs only, nothing says how the loss weighs one layer's output error against
-    another's, and spreading by relative output error measured worse than a
-    uniform fraction: every layer then keeps the same fraction of its weights.
-
-    Parameters
-    ----------
-    weights : dict of str to array-like of shape (m, n)
-        Layer weights in ``nn.Linear`` orientation.
-    statistics : dict of str to LayerStatistics or to arrays, optional
-        Calibration statistics, or diagonal Fisher importance.
-    budget : int
-        Total number of weights of the factorised layers.
-    min_saving : float, default=0.0
-        Each layer's rank saves at least this fraction of its weights.
-    metric_damping : float, default=0.01
-        Damping of the metrics, as in the methods.
-
-    Returns
-    -------
-    ranks : dict of str to int
-    """
-    weights = {n: torch.as_tensor(w) for n, w in weights.items()}
-    shapes = {n: tuple(w.shape) for n, w in weights.items()}
-    if statistics is not None and not all(
-        isinstance(s, LayerStatistics) for s in statistics.values()
-    ):
-        statistics = statistics_from_importance(statistics, shapes)
-    if statistics is not None and not any(
-        s.has(kind) for s in statistics.values() for kind in ("output_gradients", "fisher")
-    ):
-        # Inputs alone say nothing of how the loss weighs one layer's output error
-        # against another's; spreading by relative output error measured worse than a
-        # uniform fraction (benchmarks/results/compression-*.md), so: uniform.
-        total = sum(m * n for m, n in shapes.values())
-        return _uniform_ranks(shapes, (budget or 0) / total, min_saving)
-    gains = []
-    ranks = {}
-    curves = {}
-    spent = 0
-    for name, W in weights.items():
-        m, n = shapes[name]
-        curve = _curve(W, None if statistics is None else statistics.get(name), metric_damping)
-        curves[name] = curve = curve.cpu().tolist()
-        ranks[name] = 1
-        spent += m + n
-        top = max(1, max_saving_rank(m, n, min_saving))
-        gains.extend((curve[k] / (m + n), name, m + n) for k in range(1, min(top, len(curve))))
-    if budget is None or spent > budget:
-        raise ValueError(
-            f"param_budget={budget} is below {spent}, the cost of rank 1 in every target layer."
-        )
-    for gain, name, cost in sorted(gains, key=lambda g: -g[0]):
-        if gain <= 0:  # ranks that buy nothing (a layer the loss never reaches) are not spent
-            break
-        if spent + cost > budget:
-            continue
-        ranks[name] += 1
-        spent += cost
-    # What is left can keep whole layers dense, the ones whose rest of the curve is worth most.
-    capped = []
-    for name, (m, n) in shapes.items():
-        if ranks[name] == max(1, max_saving_rank(m, n, min_saving)):
-            rest = sum(curves[name][ranks[name] :])
-            capped.append((rest / (m * n - ranks[name] * (m + n)), name))
-    for _, name in sorted(capped, reverse=True):
-        m, n = shapes[name]
-        extra = m * n - ranks[name] * (m + n)
-        if spent + extra <= budget:
-            ranks[name] = min(m, n)
-            spent += extra
-    return ranks
 
 
 def _errors(W, W_hat, stats):
@@ -558,7 +283,7 @@ def compress_model(
             f"risk_threshold applies to the iterative 'tfwsvd' method only, not {method!r}."
         )
     weights = {n: dense_weight(modules[n]) for n in names}
-    ranks = _resolve_ranks(
+    ranks = resolve_ranks(
         rank, ratio, param_budget, weights, statistics, shapes, min_saving, metric_damping
     )
     options = dict(params)
@@ -566,14 +291,14 @@ def compress_model(
         options["metric_damping"] = metric_damping
     if method == "tfwsvd":
         options["solver"] = solver
-    plan = {n: _check_rank(n, ranks[n], shapes[n], min_saving) for n in names}
+    plan = {n: check_rank(n, ranks[n], shapes[n], min_saving) for n in names}
     if not inplace:
         # The weights of the layers to replace are not copied: the copy costs the rest only.
         memo = {id(weights[n]): weights[n] for n in names if plan[n] is not None}
         model = copy.deepcopy(model, memo)
     report = CompressionReport(
         method=method,
-        allocation=_allocation(rank, ratio, statistics),
+        allocation=allocation_name(rank, ratio, statistics),
         sequential=bool(sequential),
         model_params_before=_count(model),
     )
@@ -738,59 +463,3 @@ def _resolve_method(method, statistics, provided=()):
         if statistics is not None and all(s.has(k) for s in statistics.values() for k in needs):
             return candidate
     return "svd"
-
-
-def _allocation(rank, ratio, statistics):
-    """How the ranks were chosen, in words, for the report."""
-    if rank is not None:
-        return "given"
-    if ratio is not None:
-        return "uniform"
-    has = {k for s in (statistics or {}).values() for k in KINDS if s.has(k)}
-    if "output_gradients" in has and "inputs" in has:
-        return "global (K-FAC loss)"
-    if "fisher" in has:
-        return "global (Fisher loss)"
-    return "uniform" if "inputs" in has else "global (weight energy)"
-
-
-def _uniform_ranks(shapes, ratio, min_saving):
-    """Every layer keeps the fraction ``ratio`` of its weights (dense if that saves too little)."""
-    if ratio >= 1 - min_saving:
-        return {name: min(shape) for name, shape in shapes.items()}
-    return {name: max(1, int(ratio * m * n / (m + n))) for name, (m, n) in shapes.items()}
-
-
-def _check_rank(name, k, shape, min_saving):
-    """The rank to factorise at, or None to leave the layer dense."""
-    m, n = shape
-    if k < 1:
-        raise ValueError(f"rank {k} for layer {name!r} must be at least 1.")
-    return None if k > max_saving_rank(m, n, min_saving) else k
-
-
-def _resolve_ranks(rank, ratio, param_budget, weights, statistics, shapes, min_saving, damping):
-    if rank is not None:
-        if isinstance(rank, dict):
-            missing = [n for n in shapes if n not in rank]
-            if missing:
-                raise ValueError(f"rank has no entry for the target layers {missing}.")
-            return {n: int(rank[n]) for n in shapes}
-        if not isinstance(rank, Integral) or isinstance(rank, bool) or rank < 1:
-            raise ValueError(f"rank must be a positive integer or a dict, got {rank!r}.")
-        return dict.fromkeys(shapes, int(rank))
-    if ratio is not None:
-        return _uniform_ranks(shapes, ratio, min_saving)
-    total = sum(m * n for m, n in shapes.values())
-    if isinstance(param_budget, Integral) and not isinstance(param_budget, bool):
-        budget = int(param_budget)
-    elif isinstance(param_budget, Real) and 0 < param_budget <= 1:
-        budget = int(param_budget * total)
-    else:
-        raise ValueError(
-            "param_budget must be a count of weights (an int) or a fraction of the target "
-            f"layers' weights (a float in (0, 1]), got {param_budget!r}."
-        )
-    return allocate_ranks(
-        weights, statistics, budget, min_saving=min_saving, metric_damping=damping
-    )

@@ -161,6 +161,30 @@ def merge_statistics(first: Mapping, second: Mapping) -> dict[str, LayerStatisti
     return out
 
 
+def statistics_from_importance(importance, shapes) -> dict[str, LayerStatistics]:
+    """Wrap a dict of diagonal-Fisher arrays (``fisher_importance``'s output) as statistics."""
+    missing = [n for n in shapes if n not in importance]
+    if missing:
+        raise ValueError(f"importance has no entry for the target layers {missing}.")
+    out = {}
+    for name, shape in shapes.items():
+        F = torch.as_tensor(importance[name]).detach().to(torch.float64)
+        if tuple(F.shape) != tuple(shape):
+            raise ValueError(
+                f"importance[{name!r}] has shape {tuple(F.shape)}, but the layer's weight is "
+                f"{tuple(shape)} (out_features, in_features)."
+            )
+        if not torch.isfinite(F).all():
+            raise ValueError(f"importance[{name!r}] contains NaN or infinite values.")
+        if (F < 0).any():
+            raise ValueError(
+                f"importance[{name!r}] must be non-negative; its smallest entry is "
+                f"{float(F.min()):g}."
+            )
+        out[name] = LayerStatistics(tuple(shape), fisher_sum=F, n_losses=1)
+    return out
+
+
 def _forward(model, batch, loss_fn):
     """Run the model on a batch; return the loss when one is defined (else None)."""
     if loss_fn is not None:

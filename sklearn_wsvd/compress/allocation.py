@@ -1,0 +1,199 @@
+"""How many weights each layer keeps: uniform fractions, or a budget spread by a currency."""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+import torch
+
+from .._solvers.closed_form import rank_one_approximation
+from .._whitening import metric_root
+from .calibration import KINDS, LayerStatistics, statistics_from_importance
+from .methods import DEFAULT_DAMPING
+
+
+def max_saving_rank(m: int, n: int, min_saving: float = 0.0) -> int:
+    """Largest rank whose factors, ``k (m + n)`` weights, save ``min_saving`` of the dense ``m n``.
+
+    With ``min_saving=0`` the largest rank with fewer weights than the dense layer.
+    """
+    return max(0, math.ceil((1.0 - min_saving) * m * n / (m + n)) - 1)
+
+
+def _curve(weight, stats, damping):
+    """Gains of each rank of a layer, in units comparable across layers.
+
+    With input and output-gradient statistics, the K-FAC loss estimate (exact for
+    the "kfac" method): ``0.5 s_i**2`` of ``G^{1/2} W C^{1/2}``. With a diagonal
+    Fisher, ``0.5 s_i**2`` of the weight scaled by the Fisher's rank-one model
+    (exact when it has rank one). Without statistics the relative Frobenius
+    error. A layer the loss never reaches gains nothing from any rank.
+    """
+    X = weight.detach().to(torch.float64)
+    nothing = torch.zeros(min(X.shape), dtype=X.dtype)
+    if stats is not None and stats.has("inputs") and stats.has("output_gradients"):
+        G = stats.output_gradient_moment.to(X.device)
+        if not (G != 0).any():
+            return nothing
+        # Any square roots give these singular values: the fast Cholesky factors.
+        C, _ = metric_root(stats.input_second_moment.to(X.device), damping, "C", symmetric=False)
+        R, _ = metric_root(G, damping, "G", symmetric=False)
+        return 0.5 * torch.linalg.svdvals(R.T @ X @ C).square()
+    if stats is not None and stats.has("fisher"):
+        F = stats.fisher.to(X.device)
+        if not (F > 0).any():
+            return nothing
+        a, b = rank_one_approximation(F)
+        return 0.5 * torch.linalg.svdvals(a.sqrt()[:, None] * X * b.sqrt()).square()
+    s2 = torch.linalg.svdvals(X).square()
+    return s2 / s2.sum().clamp_min(torch.finfo(s2.dtype).tiny)
+
+
+def allocate_ranks(
+    weights,
+    statistics=None,
+    budget: int | None = None,
+    *,
+    min_saving: float = 0.0,
+    metric_damping: float = DEFAULT_DAMPING,
+) -> dict[str, int]:
+    """Spread ``budget`` weights over the layers where they lower the predicted damage most.
+
+    Each layer's damage as a function of its rank is read off one SVD (see the
+    currencies below): rank ``k + 1`` removes the ``k + 1``-th gain at the cost of
+    ``m + n`` weights. Taking the best gains per weight first is optimal for these
+    separable, convex curves. Every layer keeps rank 1 or more and at most the
+    largest rank that still saves ``min_saving`` of its weights.
+
+    The currency follows the statistics: with inputs and output gradients the
+    K-FAC loss estimate of the Kronecker closed form; with a diagonal Fisher (a
+    dict of arrays, as :func:`fisher_importance` returns, or statistics) its
+    rank-one model's loss estimate; with none the relative Frobenius error. With
+    inputs only, nothing says how the loss weighs one layer's output error against
+    another's, and spreading by relative output error measured worse than a
+    uniform fraction: every layer then keeps the same fraction of its weights.
+
+    Parameters
+    ----------
+    weights : dict of str to array-like of shape (m, n)
+        Layer weights in ``nn.Linear`` orientation.
+    statistics : dict of str to LayerStatistics or to arrays, optional
+        Calibration statistics, or diagonal Fisher importance.
+    budget : int
+        Total number of weights of the factorised layers.
+    min_saving : float, default=0.0
+        Each layer's rank saves at least this fraction of its weights.
+    metric_damping : float, default=0.01
+        Damping of the metrics, as in the methods.
+
+    Returns
+    -------
+    ranks : dict of str to int
+    """
+    weights = {n: torch.as_tensor(w) for n, w in weights.items()}
+    shapes = {n: tuple(w.shape) for n, w in weights.items()}
+    if statistics is not None and not all(
+        isinstance(s, LayerStatistics) for s in statistics.values()
+    ):
+        statistics = statistics_from_importance(statistics, shapes)
+    if statistics is not None and not any(
+        s.has(kind) for s in statistics.values() for kind in ("output_gradients", "fisher")
+    ):
+        # Inputs alone say nothing of how the loss weighs one layer's output error
+        # against another's; spreading by relative output error measured worse than a
+        # uniform fraction (benchmarks/results/compression-*.md), so: uniform.
+        total = sum(m * n for m, n in shapes.values())
+        return _uniform_ranks(shapes, (budget or 0) / total, min_saving)
+    gains = []
+    ranks = {}
+    curves = {}
+    spent = 0
+    for name, W in weights.items():
+        m, n = shapes[name]
+        curve = _curve(W, None if statistics is None else statistics.get(name), metric_damping)
+        curves[name] = curve = curve.cpu().tolist()
+        ranks[name] = 1
+        spent += m + n
+        top = max(1, max_saving_rank(m, n, min_saving))
+        gains.extend((curve[k] / (m + n), name, m + n) for k in range(1, min(top, len(curve))))
+    if budget is None or spent > budget:
+        raise ValueError(
+            f"param_budget={budget} is below {spent}, the cost of rank 1 in every target layer."
+        )
+    for gain, name, cost in sorted(gains, key=lambda g: -g[0]):
+        if gain <= 0:  # ranks that buy nothing (a layer the loss never reaches) are not spent
+            break
+        if spent + cost > budget:
+            continue
+        ranks[name] += 1
+        spent += cost
+    # What is left can keep whole layers dense, the ones whose rest of the curve is worth most.
+    capped = []
+    for name, (m, n) in shapes.items():
+        if ranks[name] == max(1, max_saving_rank(m, n, min_saving)):
+            rest = sum(curves[name][ranks[name] :])
+            capped.append((rest / (m * n - ranks[name] * (m + n)), name))
+    for _, name in sorted(capped, reverse=True):
+        m, n = shapes[name]
+        extra = m * n - ranks[name] * (m + n)
+        if spent + extra <= budget:
+            ranks[name] = min(m, n)
+            spent += extra
+    return ranks
+
+
+def allocation_name(rank, ratio, statistics):
+    """How the ranks were chosen, in words, for the report."""
+    if rank is not None:
+        return "given"
+    if ratio is not None:
+        return "uniform"
+    has = {k for s in (statistics or {}).values() for k in KINDS if s.has(k)}
+    if "output_gradients" in has and "inputs" in has:
+        return "global (K-FAC loss)"
+    if "fisher" in has:
+        return "global (Fisher loss)"
+    return "uniform" if "inputs" in has else "global (weight energy)"
+
+
+def _uniform_ranks(shapes, ratio, min_saving):
+    """Every layer keeps the fraction ``ratio`` of its weights (dense if that saves too little)."""
+    if ratio >= 1 - min_saving:
+        return {name: min(shape) for name, shape in shapes.items()}
+    return {name: max(1, int(ratio * m * n / (m + n))) for name, (m, n) in shapes.items()}
+
+
+def check_rank(name, k, shape, min_saving):
+    """The rank to factorise at, or None to leave the layer dense."""
+    m, n = shape
+    if k < 1:
+        raise ValueError(f"rank {k} for layer {name!r} must be at least 1.")
+    return None if k > max_saving_rank(m, n, min_saving) else k
+
+
+def resolve_ranks(rank, ratio, param_budget, weights, statistics, shapes, min_saving, damping):
+    if rank is not None:
+        if isinstance(rank, dict):
+            missing = [n for n in shapes if n not in rank]
+            if missing:
+                raise ValueError(f"rank has no entry for the target layers {missing}.")
+            return {n: int(rank[n]) for n in shapes}
+        if not isinstance(rank, Integral) or isinstance(rank, bool) or rank < 1:
+            raise ValueError(f"rank must be a positive integer or a dict, got {rank!r}.")
+        return dict.fromkeys(shapes, int(rank))
+    if ratio is not None:
+        return _uniform_ranks(shapes, ratio, min_saving)
+    total = sum(m * n for m, n in shapes.values())
+    if isinstance(param_budget, Integral) and not isinstance(param_budget, bool):
+        budget = int(param_budget)
+    elif isinstance(param_budget, Real) and 0 < param_budget <= 1:
+        budget = int(param_budget * total)
+    else:
+        raise ValueError(
+            "param_budget must be a count of weights (an int) or a fraction of the target "
+            f"layers' weights (a float in (0, 1]), got {param_budget!r}."
+        )
+    return allocate_ranks(
+        weights, statistics, budget, min_saving=min_saving, metric_damping=damping
+    )
