@@ -226,9 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     how.add_argument(
         "--sequential",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="fit block by block to the inputs the compressed blocks give (needs --data and a "
-        "method that uses the inputs); passes over the calibration data twice per block",
+        "method that uses the inputs; about three passes over the calibration data); "
+        "default: on whenever both hold",
     )
     how.add_argument(
         "--min-saving",

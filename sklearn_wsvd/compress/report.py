@@ -107,10 +107,13 @@ class CompressionReport:
         lines.append("increase; (svd): plain SVD at the same rank; s: seconds")
         target = self.params_after / max(self.params_before, 1)
         model = self.model_params_after / max(self.model_params_before, 1)
-        how = f"{self.allocation} ranks" + (", sequential" if self.sequential else "")
         lines.append(
-            f"method {self.method!r} ({how}): target layers {self.params_before:,} -> "
-            f"{self.params_after:,} weights ({target:.1%} kept)"
+            f"method {self.method!r}; ranks: {self.allocation}"
+            + ("; fitted block by block (sequential)" if self.sequential else "")
+        )
+        lines.append(
+            f"target layers {self.params_before:,} -> {self.params_after:,} weights "
+            f"({target:.1%} kept)"
         )
         lines.append(
             f"whole model {self.model_params_before:,} -> {self.model_params_after:,} "
