@@ -11,8 +11,10 @@
   Both centre the data (PCA); our estimator does not (TruncatedSVD-like).
 
 Error is the relative weighted error ``sum W (X - L)**2 / sum W X**2``; times are
-wall seconds on the same machine in the same run. Ours is the default solver
-("auto", which is "als-cg" here) with default settings.
+wall seconds on the same machine in the same run, warm (every library fits a
+small problem first). Ours and scikit-learn's SVD are the median of ``--repeats``
+runs; the peers, which take up to minutes, of ``--peer-repeats`` runs. Ours is
+the default solver ("auto", which is "ncg" here) with default settings.
 
     python benchmarks/bench_peers.py [--wpca-python /path/to/venv/bin/python]
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -44,13 +47,18 @@ import json, sys, time
 import numpy as np
 from wpca import WPCA, EMPCA
 data = np.load(sys.argv[1]); X, W, k = data["X"], data["W"], int(data["k"])
+repeats = int(data["repeats"])
+WPCA(n_components=2).fit(X[:50, :20], weights=np.sqrt(W[:50, :20]))  # warm
 out = {}
 for name, cls, kw in [("wpca WPCA", WPCA, {}), ("wpca EMPCA", EMPCA, {"max_iter": 25})]:
-    start = time.perf_counter()
-    model = cls(n_components=k, **kw).fit(X, weights=np.sqrt(W))
-    L = model.reconstruct(X, weights=np.sqrt(W))
-    seconds = time.perf_counter() - start
-    out[name] = {"error": float(np.sum(W * (X - L) ** 2) / np.sum(W * X ** 2)), "seconds": seconds}
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model = cls(n_components=k, **kw).fit(X, weights=np.sqrt(W))
+        L = model.reconstruct(X, weights=np.sqrt(W))
+        seconds.append(time.perf_counter() - start)
+    error = float(np.sum(W * (X - L) ** 2) / np.sum(W * X ** 2))
+    out[name] = {"error": error, "seconds": float(np.median(seconds))}
 print(json.dumps(out))
 """
 
@@ -59,14 +67,26 @@ def relative(X, W, L):
     return float(np.sum(W * (X - L) ** 2) / np.sum(W * X**2))
 
 
-def ours(X, W, k):
-    """Error, seconds, and the (seconds, relative error) history of our default."""
-    start = time.perf_counter()
-    est = WeightedTruncatedSVD(k, device="cpu")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        Z = est.fit_transform(X, sample_weight=W)
-    seconds = time.perf_counter() - start
+def median_of(fit, repeats):
+    """The last result of ``fit`` and the median of the wall times of ``repeats`` runs."""
+    seconds, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fit()
+        seconds.append(time.perf_counter() - start)
+    return result, float(np.median(seconds))
+
+
+def ours(X, W, k, repeats):
+    """Error, median seconds, and the (seconds, relative error) history of our default."""
+
+    def fit():
+        est = WeightedTruncatedSVD(k, device="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return est, est.fit_transform(X, sample_weight=W)
+
+    (est, Z), seconds = median_of(fit, repeats)
     total = float(np.sum(W * X**2))
     history = [
         [float(t), float(f / total)]
@@ -111,10 +131,10 @@ def pymanopt_fit(X, W, k, iterations, start_from_rank1):
     return relative(X, W, (u * s) @ vt), time.perf_counter() - start
 
 
-def wpca_fit(python, X, W, k):
+def wpca_fit(python, X, W, k, repeats):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "case.npz"
-        np.savez(path, X=X, W=W, k=k)
+        np.savez(path, X=X, W=W, k=k, repeats=repeats)
         script = Path(tmp) / "run.py"
         script.write_text(WPCA_SCRIPT)
         out = subprocess.run(
@@ -136,11 +156,17 @@ def cases():
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--wpca-python", help="python of a venv where wpca imports")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of ours and sklearn's SVD")
+    parser.add_argument("--peer-repeats", type=int, default=1, help="runs of each peer")
     args = parser.parse_args()
+    load = os.getloadavg()
+    warm = np.random.default_rng(1).normal(size=(60, 40))
+    ours(warm, np.ones_like(warm), 3, 1)  # load torch's kernels before any timing
+    pymanopt_fit(warm, np.ones_like(warm), 3, 2, False)
     rows = []
     for label, X, W, k in cases():
         print(f"{label}, k={k}", flush=True)
-        err, sec, history = ours(X, W, k)
+        err, sec, history = ours(X, W, k, args.repeats)
         row = {
             "matrix": label,
             "rank": k,
@@ -148,23 +174,35 @@ def main():
             "ours_history": history,
         }
         for algorithm in ("randomized", "arpack"):
-            start = time.perf_counter()
-            tsvd = TruncatedSVD(k, algorithm=algorithm, random_state=0)
-            Z = tsvd.fit_transform(X)
-            row["results"][f"sklearn TruncatedSVD ({algorithm}, unweighted)"] = [
-                relative(X, W, Z @ tsvd.components_),
-                time.perf_counter() - start,
-            ]
+
+            def fit(algorithm=algorithm, X=X, k=k):
+                tsvd = TruncatedSVD(k, algorithm=algorithm, random_state=0)
+                return tsvd.fit_transform(X) @ tsvd.components_
+
+            fit()  # warm
+            L, seconds = median_of(fit, args.repeats)
+            name = f"sklearn TruncatedSVD ({algorithm}, unweighted)"
+            row["results"][name] = [relative(X, W, L), seconds]
         for iterations, rank1 in ((50, False), (50, True), (200, True)):
             name = f"pymanopt CG {iterations} it, {'rank1' if rank1 else 'random'} start"
-            row["results"][name] = list(pymanopt_fit(X, W, k, iterations, rank1))
+            runs = [pymanopt_fit(X, W, k, iterations, rank1) for _ in range(args.peer_repeats)]
+            row["results"][name] = [runs[-1][0], float(np.median([s for _, s in runs]))]
         if args.wpca_python:
-            for name, r in wpca_fit(args.wpca_python, X, W, k).items():
+            for name, r in wpca_fit(args.wpca_python, X, W, k, args.peer_repeats).items():
                 row["results"][name] = [r["error"], r["seconds"]]
         for name, (e, s) in row["results"].items():
             print(f"  {name:>50}: error {e:.4f}  {s:7.2f} s", flush=True)
         rows.append(row)
-    write_json(RESULTS / "peers.json", {"rows": rows, "argv": sys.argv[1:]})
+    write_json(
+        RESULTS / "peers.json",
+        {
+            "rows": rows,
+            "argv": sys.argv[1:],
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "load_average_at_start": load,
+            "load_average_at_end": os.getloadavg(),
+        },
+    )
     lines = []
     for row in rows:
         base_e, base_s = row["results"]["sklearn-wsvd (auto)"]

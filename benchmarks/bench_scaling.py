@@ -4,16 +4,24 @@ Square Gaussian matrices with heavy-tailed element-wise weights (squared normals
 
 - Seconds per iteration: each iterative solver runs a few iterations and the median
   time of one is taken from its history. The exponents are least-squares slopes in
-  log-log space, to compare with O(m n k) (als-cg, em, adam: 2 in the side, 1 in k)
-  and O(m n k^2) (als: 2 in the side, 2 in k).
-- Time to 1%: the default solver (als-cg from the rank1 start) runs to tol=1e-7; the
-  time at which its objective first comes within 1% of its final objective, beside
-  scikit-learn's randomized TruncatedSVD of the same matrix (the unweighted floor).
+  log-log space, to compare with O(m n k) (ncg, als-cg, em, adam: 2 in the side, 1
+  in k) and O(m n k^2) (als: 2 in the side, 2 in k).
+- The closed form "svd" (no weights: the default, as a TruncatedSVD user meets it)
+  beside scikit-learn's randomized TruncatedSVD of the same matrix.
+- Time to 1%: the default "ncg" and the former default "als-cg" each run from the
+  rank1 start to tol=1e-7 under a time cap; the best objective either reaches is
+  the reference, and each one's time to come within 1% of it is the median of
+  three runs (the repeats stop there). Beside it, scikit-learn's randomized
+  TruncatedSVD of the same matrix (the unweighted floor), and how far above the
+  reference a fit with the default settings ends.
 - Peak memory: in a fresh process holding X and W (one side^2 float32 matrix each),
   the resident-set peak (Linux VmHWM, reset just before) during a two-iteration
   fit at the largest size with k=256, minus the resident set before it. The exact
   ALS builds its Gram matrices in chunks with a 1 GiB working set
   (``DEFAULT_MEMORY_BUDGET``).
+
+Every time is warm (one unmeasured run first, or the repeats after a first run)
+and the median of three runs.
 
     python benchmarks/bench_scaling.py [--quick] [--memory-only] [--report-only]
 
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -39,8 +48,11 @@ from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_wsvd import WeightedTruncatedSVD
 
-SOLVERS = ("als-cg", "als", "em", "adam")
+SOLVERS = ("ncg", "als-cg", "als", "em", "adam")
+TO_ONE_PERCENT = ("ncg", "als-cg")
+REPEATS = 3
 MEMORY_SOLVERS = ("svd", "rank1", *SOLVERS)
+LOAD_AT_START = os.getloadavg()
 MEMORY_SCRIPT = """
 import sys, warnings
 from bench_scaling import problem
@@ -70,7 +82,8 @@ def problem(n):
 
 def seconds_per_iteration(n, k, solver, iterations=3):
     X, W = problem(n)
-    est = WeightedTruncatedSVD(k, solver=solver, max_iter=iterations, tol=0, device="cpu")
+    warmup = 3 if solver == "ncg" else 0  # its first three iterations are als-cg sweeps
+    est = WeightedTruncatedSVD(k, solver=solver, max_iter=warmup + iterations, tol=0, device="cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.fit(X, sample_weight=W)
@@ -80,19 +93,77 @@ def seconds_per_iteration(n, k, solver, iterations=3):
     return float(np.median(steps))
 
 
-def time_to_one_percent(n, k):
-    """(seconds for als-cg to come within 1% of its converged objective, sklearn SVD seconds)."""
-    X, W = problem(n)
-    start = time.perf_counter()
-    TruncatedSVD(k, algorithm="randomized", random_state=0).fit(X)
-    svd_seconds = time.perf_counter() - start
-    est = WeightedTruncatedSVD(k, tol=1e-7, max_iter=500, device="cpu")
+def median_seconds(fit, repeats=REPEATS):
+    """Median wall time of ``repeats`` runs of ``fit`` after one unmeasured run."""
+    fit()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fit()
+        seconds.append(time.perf_counter() - start)
+    return float(np.median(seconds))
+
+
+def history(X, W, k, solver, cap, target=None):
+    """Objective and seconds of a fit to tol=1e-7, stopped at the cap or at ``target``."""
+    deadline = time.perf_counter() + cap
+
+    def stop(n_iter, A, B, objective):
+        return time.perf_counter() > deadline or (target is not None and objective <= target)
+
+    est = WeightedTruncatedSVD(
+        k, solver=solver, tol=1e-7, max_iter=100_000, device="cpu", callback=stop
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.fit(X, sample_weight=W)
-    objective, seconds = est.history_["objective"], est.history_["seconds"]
-    hit = np.flatnonzero(objective <= 1.01 * objective.min())[0]
-    return float(seconds[hit]), svd_seconds
+    return est.history_["objective"], est.history_["seconds"]
+
+
+def time_to(objective, seconds, target):
+    hit = np.flatnonzero(np.asarray(objective) <= target)
+    return float(seconds[hit[0]]) if hit.size else None
+
+
+def time_to_one_percent(n, k, cap):
+    """The solvers' time to 1% of the best objective, the closed forms' times, the default's end."""
+    X, W = problem(n)
+    out = {
+        "sklearn_svd_seconds": median_seconds(
+            lambda: TruncatedSVD(k, algorithm="randomized", random_state=0).fit(X)
+        ),
+        "svd_solver_seconds": median_seconds(
+            lambda: WeightedTruncatedSVD(k, solver="svd", device="cpu").fit(X)
+        ),
+    }
+    runs = {s: history(X, W, k, s, cap) for s in TO_ONE_PERCENT}
+    best = min(float(obj.min()) for obj, _ in runs.values())
+    for s, (obj, sec) in runs.items():
+        times = [time_to(obj, sec, 1.01 * best)]
+        if times[0] is not None:
+            times += [
+                time_to(*history(X, W, k, s, cap, 1.01 * best), 1.01 * best)
+                for _ in range(REPEATS - 1)
+            ]
+        out[s] = {
+            "time_to_1pct": None if None in times else float(np.median(times)),
+            "runs": times,
+            "final_above_best": float(obj.min()) / best - 1,
+        }
+    start = time.perf_counter()
+    default = WeightedTruncatedSVD(k, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        default.fit(X, sample_weight=W)
+    out["default"] = {
+        "solver": default.solver_,
+        "seconds": time.perf_counter() - start,
+        "n_iter": default.n_iter_,
+        "final_above_best": float(default.history_["objective"].min()) / best - 1,
+    }
+    out["best_objective"] = best
+    print(n, k, json.dumps(out), flush=True)
+    return out
 
 
 def slope(x, y):
@@ -115,9 +186,8 @@ def measure_timings(sides, ranks):
     print("by side", json.dumps(by_side), flush=True)
     by_rank = {s: [seconds_per_iteration(1024, k, s) for k in ranks] for s in SOLVERS}
     print("by rank", json.dumps(by_rank), flush=True)
-    to_1pct_side = [time_to_one_percent(n, 64) for n in sides]
-    to_1pct_rank = [time_to_one_percent(1024, k) for k in ranks]
-    print("time to 1% (als-cg, sklearn svd)", to_1pct_side, to_1pct_rank, flush=True)
+    to_1pct_side = [time_to_one_percent(n, 64, 90.0 if n >= 4096 else 30.0) for n in sides]
+    to_1pct_rank = [time_to_one_percent(1024, k, 60.0 if k >= 256 else 30.0) for k in ranks]
     exponents = {
         s: {
             "side (k=64, sides >= 1024)": slope(sides[2:], by_side[s][2:]),
@@ -125,17 +195,24 @@ def measure_timings(sides, ranks):
         }
         for s in SOLVERS
     }
-    exponents["als-cg time to 1%"] = {
-        "side (k=64, sides >= 1024)": slope(sides[2:], [t for t, _ in to_1pct_side[2:]]),
-        "rank (1024x1024)": slope(ranks, [t for t, _ in to_1pct_rank]),
-    }
+    for s in TO_ONE_PERCENT:
+        exponents[f"{s} time to 1%"] = {
+            "side (k=64, sides >= 1024)": slope(
+                sides[2:], [t[s]["time_to_1pct"] for t in to_1pct_side[2:]]
+            ),
+            "rank (1024x1024)": slope(ranks, [t[s]["time_to_1pct"] for t in to_1pct_rank]),
+        }
     return {
+        "repeats": REPEATS,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_at_start": LOAD_AT_START,
+        "load_average_at_end": os.getloadavg(),
         "sides": sides,
         "ranks": ranks,
         "seconds_per_iteration_by_side_k64": by_side,
         "seconds_per_iteration_by_rank_1024": by_rank,
-        "als_cg_time_to_1pct_and_sklearn_svd_seconds_by_side_k64": to_1pct_side,
-        "als_cg_time_to_1pct_and_sklearn_svd_seconds_by_rank_1024": to_1pct_rank,
+        "to_1pct_by_side_k64": to_1pct_side,
+        "to_1pct_by_rank_1024": to_1pct_rank,
         "exponents": exponents,
     }
 
@@ -168,8 +245,7 @@ def report(results):
     sides, ranks, exponents = results["sides"], results["ranks"], results["exponents"]
     by_side = results["seconds_per_iteration_by_side_k64"]
     by_rank = results["seconds_per_iteration_by_rank_1024"]
-    to_1pct_side = results["als_cg_time_to_1pct_and_sklearn_svd_seconds_by_side_k64"]
-    to_1pct_rank = results["als_cg_time_to_1pct_and_sklearn_svd_seconds_by_rank_1024"]
+    to_side, to_rank = results["to_1pct_by_side_k64"], results["to_1pct_by_rank_1024"]
     memory = results["peak_memory_mib"]
     big = sides[-1]
     matrix_mib = big * big * 4 / 2**20
@@ -186,20 +262,37 @@ def report(results):
         else:
             cells = "closed form | | "
         lines.append(f"| {s} | {cells} | {memory[s]:.0f} |")
+    cases = [(f"{n}x{n}, k=64", t) for n, t in zip(sides, to_side, strict=True)]
+    cases += [(f"1024x1024, k={k}", t) for k, t in zip(ranks, to_rank, strict=True)]
+
+    def sec(t):
+        return "never" if t is None else f"{t:.3f}"
+
     lines += [
         "",
-        "| problem | als-cg time to 1% (s) | sklearn randomized SVD (s) | ratio |",
-        "|---|---|---|---|",
+        "| problem | sklearn randomized SVD (s) | solver='svd' (s) | ratio "
+        "| ncg time to 1% (s) | ratio to SVD | als-cg time to 1% (s) | ratio to SVD "
+        "| default's end above best | default fit (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    cases = [(f"{n}x{n}, k=64", t) for n, t in zip(sides, to_1pct_side, strict=True)]
-    cases += [(f"1024x1024, k={k}", t) for k, t in zip(ranks, to_1pct_rank, strict=True)]
-    for label, (ours, floor) in cases:
-        lines.append(f"| {label} | {ours:.3f} | {floor:.3f} | {ours / floor:.2f} |")
-    e = exponents["als-cg time to 1%"]
-    lines.append(
-        f"\nals-cg time-to-1% exponents: {e['side (k=64, sides >= 1024)']:.2f} in the side, "
-        f"{e['rank (1024x1024)']:.2f} in k."
-    )
+    for label, t in cases:
+        floor = t["sklearn_svd_seconds"]
+        cells = [label, f"{floor:.3f}", f"{t['svd_solver_seconds']:.3f}"]
+        cells.append(f"{t['svd_solver_seconds'] / floor:.2f}")
+        for s in TO_ONE_PERCENT:
+            one = t[s]["time_to_1pct"]
+            cells += [sec(one), "-" if one is None else f"{one / floor:.1f}"]
+        cells += [
+            f"{100 * t['default']['final_above_best']:.3f}%",
+            f"{t['default']['seconds']:.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    for s in TO_ONE_PERCENT:
+        e = exponents[f"{s} time to 1%"]
+        lines.append(
+            f"\n{s} time-to-1% exponents: {e['side (k=64, sides >= 1024)']:.2f} in the side, "
+            f"{e['rank (1024x1024)']:.2f} in k."
+        )
     (RESULTS / "scaling.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -212,13 +305,14 @@ def report(results):
     for s in SOLVERS:
         axes[0].loglog(sides, by_side[s], "o-", label=f"{s}, one iteration")
         axes[1].loglog(ranks, by_rank[s], "o-", label=f"{s}, one iteration")
-    for ax, x, t in ((axes[0], sides, to_1pct_side), (axes[1], ranks, to_1pct_rank)):
-        ax.loglog(x, [a for a, _ in t], "k^-", label="als-cg, time to 1%")
-        ax.loglog(x, [b for _, b in t], "k:", label="sklearn randomized SVD")
+    for ax, x, t in ((axes[0], sides, to_side), (axes[1], ranks, to_rank)):
+        for s, style in zip(TO_ONE_PERCENT, ("k^-", "kv--"), strict=True):
+            ax.loglog(x, [c[s]["time_to_1pct"] for c in t], style, label=f"{s}, time to 1%")
+        ax.loglog(x, [c["sklearn_svd_seconds"] for c in t], "k:", label="sklearn randomized SVD")
         ax.set_xticks(x, [str(v) for v in x], minor=False)
         ax.set_xticks([], minor=True)
         ax.set_ylabel("seconds")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     axes[0].set_xlabel("matrix side (square, k = 64)")
     axes[1].set_xlabel("rank k (1024 x 1024)")
     fig.tight_layout()

@@ -136,9 +136,10 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         starting points. "full": LAPACK's, exact. "randomized": Halko et al.
         (2011) with 5 power iterations, like scikit-learn's TruncatedSVD, with a
         fixed seed; within rounding of the optimum where the singular values
-        decay, about 1% above it on pure noise. "auto": "randomized" when the
-        smaller side is 500 or more and ``n_components`` at most a quarter of
-        it, else "full".
+        decay, about 1% above it on pure noise; never for ``n_components``
+        above a quarter of the smaller side, where the full SVD costs no more.
+        "auto": "randomized" for the closed forms when the smaller side is 500
+        or more, for the starting points (which the solvers refine) from 100.
 
     random_state : int, RandomState instance or None, default=None
         Seed of ``init="random"``.

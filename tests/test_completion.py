@@ -123,6 +123,10 @@ class _Spy(WeightedTruncatedSVD):
         self.calls.append(("fit", np.array(X), np.array(sample_weight)))
         return super().fit(X, y, sample_weight=sample_weight, sample_metric=sample_metric)
 
+    def fit_transform(self, X, y=None, sample_weight=None, sample_metric=None):
+        self.calls.append(("fit", np.array(X), np.array(sample_weight)))
+        return super().fit_transform(X, y, sample_weight=sample_weight, sample_metric=sample_metric)
+
     def transform(self, X, sample_weight=None, sample_metric=None):
         self.calls.append(("transform", np.array(X), np.array(sample_weight)))
         return super().transform(X, sample_weight=sample_weight, sample_metric=sample_metric)
@@ -189,25 +193,63 @@ def test_grid_search_picks_a_penalty_that_lowers_the_hidden_error():
     assert chosen < 1.1 * best
 
 
-def test_a_warm_path_agrees_with_the_grid_search():
+def _entry_folds(W, n_folds, seed=0):
+    fold = np.random.default_rng(seed).integers(n_folds, size=W.shape)
+    return np.where(W > 0, fold, -1)
+
+
+def test_the_path_cross_validates_over_entries_warm_as_cold():
     X, W, _ = noisy_completion(seed=1)
-    cv = KFold(5, shuffle=True, random_state=0)
-    alphas = [30.0, 10.0, 3.0, 1.0]
-    # converged tightly, the warm and the cold fits reach the same optima
-    est = WeightedTruncatedSVD(8, tol=1e-9, max_iter=2000, random_state=0)
-    path = alpha_path(est, X, W, alphas=alphas, cv=cv)
-    with sklearn.config_context(enable_metadata_routing=True):
-        est = clone(est).set_fit_request(sample_weight=True)
-        grid = GridSearchCV(est, {"alpha": alphas}, scoring=HiddenEntryScorer(), cv=cv)
-        grid.fit(X, sample_weight=W)
-    np.testing.assert_allclose(path["alphas"], alphas)
-    np.testing.assert_allclose(
-        path["mean_test_score"], grid.cv_results_["mean_test_score"], rtol=0.02
-    )
-    assert path["best_alpha"] == grid.best_params_["alpha"]
-    default = alpha_path(WeightedTruncatedSVD(8), X, W, n_alphas=3, cv=cv)
+    alphas = [20.0, 6.0]  # the optimum's rank stays below k: convex, one optimum
+    est = WeightedTruncatedSVD(8, tol=1e-10, max_iter=3000, random_state=0)
+    path = alpha_path(est, X, W, alphas=alphas, n_folds=3, patience=None)
+    fold = _entry_folds(W, 3)
+    for a, alpha in enumerate(alphas):
+        for f in range(3):  # each fold fitted from scratch: the same optimum
+            hidden = fold == f
+            cold = clone(est).set_params(alpha=alpha)
+            L = cold.fit_transform(np.where(hidden, np.nan, X), sample_weight=W * ~hidden)
+            L = L @ cold.components_
+            expected = -np.mean((X - L)[hidden] ** 2)
+            assert path["test_scores"][a, f] == pytest.approx(expected, rel=1e-4)
+    np.testing.assert_allclose(path["mean_test_score"], path["test_scores"].mean(axis=1))
+    assert path["best_alpha"] == alphas[int(np.argmax(path["mean_test_score"]))]
+
+
+def test_the_path_never_lets_a_hidden_entry_reach_a_fit():
+    X, W, _ = noisy_completion()
+    _Spy.calls = []
+    alpha_path(_Spy(6), X, W, n_alphas=3, n_folds=4, patience=None)
+    fold = _entry_folds(W, 4)
+    assert len(_Spy.calls) == 3 * 4
+    for n, (_, X_fit, W_fit) in enumerate(_Spy.calls):
+        hidden = fold == n % 4
+        assert np.all(W_fit[hidden] == 0) and np.all(np.isnan(X_fit[hidden]))
+        np.testing.assert_array_equal(W_fit[~hidden], W[~hidden])
+
+
+def test_the_path_finds_the_penalty_the_truth_would_choose():
+    X, W, truth = noisy_completion()
+    path = alpha_path(WeightedTruncatedSVD(8, random_state=0), X, W)
+    assert 3 <= len(path["alphas"]) < 16  # stopped once the error rose for 3 penalties
     alpha_max = np.linalg.svd(np.where(W > 0, X, 0.0), compute_uv=False)[0]
-    np.testing.assert_allclose(default["alphas"], alpha_max * np.array([1.0, 10**-1.5, 1e-3]))
+    np.testing.assert_allclose(
+        path["alphas"], alpha_max * np.logspace(0, -3, 16)[: len(path["alphas"])]
+    )
+    errors = {
+        alpha: hidden_rmse(
+            WeightedTruncatedSVD(8, alpha=alpha, random_state=0).fit(X, sample_weight=W),
+            X,
+            W,
+            truth,
+        )
+        for alpha in path["alphas"]
+    }
+    assert errors[path["best_alpha"]] == pytest.approx(min(errors.values()), rel=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        unpenalised = WeightedTruncatedSVD(8, random_state=0).fit(X, sample_weight=W)
+    assert errors[path["best_alpha"]] < 0.3 * hidden_rmse(unpenalised, X, W, truth)
 
 
 def test_the_scorer_folds_in_through_a_pipeline():

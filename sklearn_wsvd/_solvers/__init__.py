@@ -17,6 +17,10 @@ CLOSED_FORM = {"svd": svd, "fwsvd": fwsvd, "rank1": rank1}
 ITERATIVE = {"als": als, "als-cg": als_cg, "ncg": ncg, "em": em, "adam": adam}
 SOLVERS = ("auto", *CLOSED_FORM, *ITERATIVE)
 INITS = ("svd", "fwsvd", "rank1", "random")
+# Starting points take a randomized SVD (when k is at most a quarter of the smaller
+# side) from this side on, where the closed forms' "auto" still takes the exact one:
+# it is faster from 200 x 200 on, and the solvers refine the start anyway.
+RANDOMIZED_START_MIN_SIDE = 100
 DEFAULT_MAX_ITER = {"als": 100, "als-cg": 200, "ncg": 500, "em": 500, "adam": 300}
 # The iterative solver "auto" picks when no closed form is exact; see
 # benchmarks/bench_solvers.py for the measurements behind the choice.
@@ -113,6 +117,8 @@ def solve(
         A, B = CLOSED_FORM[solver](X, W, k, alpha, svd_solver)
         f = objective(X, W, A, B, alpha) * scale
         return Factors(A, B, 1, [f], [time.perf_counter() - start])
+    if svd_solver == "auto" and min(X.shape) >= RANDOMIZED_START_MIN_SIDE:
+        svd_solver = "randomized"  # a start need not be exact (randomized only where 4k <= side)
     if isinstance(init, tuple):
         A, B = complete_rank(X, W, *init, alpha, svd_solver)
     elif init == "random":

@@ -100,6 +100,9 @@ def iterate(
 ):
     """Run ``A, B = step(A, B, it)`` until the objective stalls; keep the best iterate.
 
+    A step that knows the objective of its new point (an exact line search does)
+    returns it as a third item, which saves computing it again.
+
     Converged means that ``patience`` iterations in a row each changed the
     objective by at most ``tol`` relative to it, or by no more than its rounding
     error (``eps * sqrt(objective * sum W X^2)``, which matters only for fits
@@ -139,8 +142,9 @@ def iterate(
                 A, B = revived
                 restart(A, B)
                 revived = None
-            A, B = step(A, B, it)
-            f_prev, f = f, objective(X, W, A, B, alpha)
+            out = step(A, B, it)
+            A, B = out[0], out[1]
+            f_prev, f = f, out[2] if len(out) == 3 else objective(X, W, A, B, alpha)
             history.append(f * scale)
             seconds.append(time.perf_counter() - start)
             bar.update()

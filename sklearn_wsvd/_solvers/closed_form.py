@@ -15,11 +15,15 @@ SVD_SOLVERS = ("auto", "full", "randomized")
 
 
 def randomized(shape, k: int, svd_solver: str) -> bool:
-    """Whether ``svd_solver`` means a randomized SVD for a rank-``k`` fit of this shape."""
+    """Whether ``svd_solver`` means a randomized SVD for a rank-``k`` fit of this shape.
+
+    Never for ranks above a quarter of the smaller side, where the full SVD costs
+    no more.
+    """
     side = min(shape)
     if svd_solver == "auto":
         return side >= RANDOMIZED_MIN_SIDE and 4 * k <= side
-    return svd_solver == "randomized" and k < side
+    return svd_solver == "randomized" and 4 * k <= side
 
 
 def truncated_svd(X, k: int, alpha: float = 0.0, svd_solver: str = "full"):
