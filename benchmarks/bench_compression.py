@@ -58,6 +58,12 @@ CONFIGS = {
     "kfac sequential": dict(method="kfac", sequential=True),
     "svd-llm global sequential": dict(method="svd-llm", allocation="global", sequential=True),
     "kfac global sequential (default)": dict(allocation="global", sequential=True),
+    "kfac global sequential, G shrunk 0.1": dict(
+        allocation="global", sequential=True, output_damping=0.1
+    ),
+    "kfac global sequential, G shrunk 1": dict(
+        allocation="global", sequential=True, output_damping=1.0
+    ),
 }
 
 

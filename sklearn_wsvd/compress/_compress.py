@@ -26,7 +26,7 @@ from ._targets import find_targets
 from .allocation import allocation_name, check_rank, resolve_ranks
 from .calibration import collect_statistics, statistics_from_importance
 from .layers import LowRankLinear, dense_weight, linear_shape, set_submodule
-from .methods import DEFAULT_DAMPING, METHODS, get_method
+from .methods import DEFAULT_DAMPING, METHODS, OUTPUT_DAMPING, get_method
 from .report import CompressionReport, LayerReport
 
 # The default method: the one that measured best (benchmarks/bench_compression.py).
@@ -124,6 +124,7 @@ def compress_model(
     filter_fn=None,
     min_saving: float = DEFAULT_MIN_SAVING,
     metric_damping: float = DEFAULT_DAMPING,
+    output_damping: float = OUTPUT_DAMPING,
     solver: str = "auto",
     risk_threshold: float | None = None,
     inplace: bool = False,
@@ -190,6 +191,11 @@ def compress_model(
     metric_damping : float, default=0.01
         Damping of the input and output-gradient metrics, relative to their mean
         eigenvalue (see :class:`~sklearn_wsvd.WeightedTruncatedSVD`).
+    output_damping : float
+        Further shrinkage of the output-gradient moment ``G`` towards isotropy
+        (``G + output_damping * mean_eigenvalue * I``) for "kfac" and K-FAC
+        budgets: ``G`` comes from few loss directions (a C-class loss has C - 1
+        per token), so its small eigenvalues are poorly estimated.
     solver : str, default="auto"
         Solver of the element-wise "tfwsvd" method.
     risk_threshold : float, optional
@@ -283,12 +289,15 @@ def compress_model(
             f"risk_threshold applies to the iterative 'tfwsvd' method only, not {method!r}."
         )
     weights = {n: dense_weight(modules[n]) for n in names}
+    damping = {"metric_damping": metric_damping, "output_damping": output_damping}
     ranks = resolve_ranks(
-        rank, ratio, param_budget, weights, statistics, shapes, min_saving, metric_damping
+        rank, ratio, param_budget, weights, statistics, shapes, min_saving, **damping
     )
     options = dict(params)
-    if method in ("svd-llm", "kfac"):
+    if method == "svd-llm":
         options["metric_damping"] = metric_damping
+    if method == "kfac":
+        options.update(damping)
     if method == "tfwsvd":
         options["solver"] = solver
     plan = {n: check_rank(n, ranks[n], shapes[n], min_saving) for n in names}

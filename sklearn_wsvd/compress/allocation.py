@@ -10,7 +10,7 @@ import torch
 from .._solvers.closed_form import rank_one_approximation
 from .._whitening import metric_root
 from .calibration import KINDS, LayerStatistics, statistics_from_importance
-from .methods import DEFAULT_DAMPING
+from .methods import DEFAULT_DAMPING, OUTPUT_DAMPING, shrink
 
 
 def max_saving_rank(m: int, n: int, min_saving: float = 0.0) -> int:
@@ -21,7 +21,7 @@ def max_saving_rank(m: int, n: int, min_saving: float = 0.0) -> int:
     return max(0, math.ceil((1.0 - min_saving) * m * n / (m + n)) - 1)
 
 
-def _curve(weight, stats, damping):
+def _curve(weight, stats, damping, output_damping=OUTPUT_DAMPING):
     """Gains of each rank of a layer, in units comparable across layers.
 
     With input and output-gradient statistics, the K-FAC loss estimate (exact for
@@ -38,7 +38,7 @@ def _curve(weight, stats, damping):
             return nothing
         # Any square roots give these singular values: the fast Cholesky factors.
         C, _ = metric_root(stats.input_second_moment.to(X.device), damping, "C", symmetric=False)
-        R, _ = metric_root(G, damping, "G", symmetric=False)
+        R, _ = metric_root(shrink(G, output_damping), damping, "G", symmetric=False)
         return 0.5 * torch.linalg.svdvals(R.T @ X @ C).square()
     if stats is not None and stats.has("fisher"):
         F = stats.fisher.to(X.device)
@@ -57,6 +57,7 @@ def allocate_ranks(
     *,
     min_saving: float = 0.0,
     metric_damping: float = DEFAULT_DAMPING,
+    output_damping: float = OUTPUT_DAMPING,
 ) -> dict[str, int]:
     """Spread ``budget`` weights over the layers where they lower the predicted damage most.
 
@@ -111,7 +112,8 @@ def allocate_ranks(
     spent = 0
     for name, W in weights.items():
         m, n = shapes[name]
-        curve = _curve(W, None if statistics is None else statistics.get(name), metric_damping)
+        stats = None if statistics is None else statistics.get(name)
+        curve = _curve(W, stats, metric_damping, output_damping)
         curves[name] = curve = curve.cpu().tolist()
         ranks[name] = 1
         spent += m + n
@@ -172,7 +174,7 @@ def check_rank(name, k, shape, min_saving):
     return None if k > max_saving_rank(m, n, min_saving) else k
 
 
-def resolve_ranks(rank, ratio, param_budget, weights, statistics, shapes, min_saving, damping):
+def resolve_ranks(rank, ratio, param_budget, weights, statistics, shapes, min_saving, **damping):
     if rank is not None:
         if isinstance(rank, dict):
             missing = [n for n in shapes if n not in rank]
@@ -194,6 +196,4 @@ def resolve_ranks(rank, ratio, param_budget, weights, statistics, shapes, min_sa
             "param_budget must be a count of weights (an int) or a fraction of the target "
             f"layers' weights (a float in (0, 1]), got {param_budget!r}."
         )
-    return allocate_ranks(
-        weights, statistics, budget, min_saving=min_saving, metric_damping=damping
-    )
+    return allocate_ranks(weights, statistics, budget, min_saving=min_saving, **damping)

@@ -22,6 +22,9 @@ from .._estimator import WeightedTruncatedSVD
 from .calibration import LayerStatistics
 
 DEFAULT_DAMPING = 1e-2  # relative to the metric's mean eigenvalue, as GPTQ's percdamp
+# The output-gradient moment comes from few loss directions (a C-class loss has C - 1
+# per token): shrink it towards isotropy, like a covariance estimated from few samples.
+OUTPUT_DAMPING = 0.0
 ASVD_ALPHA = 0.5
 
 
@@ -128,9 +131,11 @@ def svd_llm(weight, stats, rank, metric_damping=DEFAULT_DAMPING, **params):
     "Kronecker-factored curvature (GFWSVD): input Gram and output-gradient moment, "
     "least loss estimate",
 )
-def kfac(weight, stats, rank, metric_damping=DEFAULT_DAMPING, **params):
+def kfac(
+    weight, stats, rank, metric_damping=DEFAULT_DAMPING, output_damping=OUTPUT_DAMPING, **params
+):
     C = stats.input_second_moment.to(weight.device)
-    G = stats.output_gradient_moment.to(weight.device)
+    G = shrink(stats.output_gradient_moment.to(weight.device), output_damping)
     return fit_factors(
         weight,
         rank,
@@ -139,6 +144,14 @@ def kfac(weight, stats, rank, metric_damping=DEFAULT_DAMPING, **params):
         metric_damping=metric_damping,
         **params,
     )
+
+
+def shrink(G, amount):
+    """``G + amount * mean_eigenvalue(G) * I``: a curvature estimate shrunk towards isotropy."""
+    if not amount:
+        return G
+    eye = torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
+    return G + amount * (G.trace() / G.shape[0]) * eye
 
 
 def _fisher(stats: LayerStatistics, weight):
