@@ -282,7 +282,7 @@ def main():
     rows = compare(model, tokenizer, data, stats, args.task, ratios, configs, tune=not args.no_tune)
     payload = {"task": args.task, "baseline": baseline, "majority": majority, "rows": rows}
     correlations = {}
-    if not args.quick:
+    if not args.quick and not args.methods:
         base, layers, correlations = validate_metric(
             copy.deepcopy(model), tokenizer, data, stats, args.task, ratio=0.1, n_eval=500
         )
