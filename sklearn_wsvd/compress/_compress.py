@@ -175,7 +175,7 @@ def compress_model(
         hidden states, about three forward passes over ``batches`` in all. For
         methods that use the inputs ("asvd", "svd-llm", "kfac"). None: on
         whenever ``batches`` is a sequence and the method uses the inputs (it
-        measured better in most cases; benchmarks/results/compression-*.md).
+        measured better in most cases; ``benchmarks/results/compression-*.md``).
     importance : dict of str to tensor, optional
         A diagonal Fisher per layer (:func:`fisher_importance`), for the Fisher
         methods: a shorthand for statistics holding only that.
