@@ -254,3 +254,17 @@ def test_missing_entries_are_refused_with_a_metric(rng):
     WeightedTruncatedSVD(2).fit(X, sample_weight=W)  # fine without a metric
     with pytest.raises(ValueError, match="no entry can be missing"):
         WeightedTruncatedSVD(2, feature_metric=np.eye(8)).fit(X, sample_weight=W)
+
+
+def test_metric_root_cholesky_factor_and_inverse():
+    from sklearn_wsvd._whitening import metric_root
+
+    rng = np.random.default_rng(0)
+    A = torch.as_tensor(rng.standard_normal((6, 20)))
+    M = A @ A.T
+    root, inverse = metric_root(M, 0.0, "M", symmetric=False)
+    torch.testing.assert_close(root @ root.T, M)
+    torch.testing.assert_close(inverse @ root, torch.eye(6, dtype=M.dtype))
+    alone, none = metric_root(M, 0.0, "M", symmetric=False, inverse=False)
+    assert none is None
+    torch.testing.assert_close(alone, root)

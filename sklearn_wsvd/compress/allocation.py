@@ -37,8 +37,10 @@ def _curve(weight, stats, damping, output_damping=OUTPUT_DAMPING):
         if not (G != 0).any():
             return nothing
         # Any square roots give these singular values: the fast Cholesky factors.
-        C, _ = metric_root(stats.input_second_moment.to(X.device), damping, "C", symmetric=False)
-        R, _ = metric_root(shrink(G, output_damping), damping, "G", symmetric=False)
+        C, _ = metric_root(
+            stats.input_second_moment.to(X.device), damping, "C", symmetric=False, inverse=False
+        )
+        R, _ = metric_root(shrink(G, output_damping), damping, "G", symmetric=False, inverse=False)
         return 0.5 * torch.linalg.svdvals(R.T @ X @ C).square()
     if stats is not None and stats.has("fisher"):
         F = stats.fisher.to(X.device)
