@@ -41,6 +41,8 @@ def provenance() -> dict:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         "processor": platform.processor() or "unknown",
         "torch_threads": torch.get_num_threads(),
+        # above the thread count: the run shared the cores (its seconds are inflated)
+        "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()],
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "python": platform.python_version(),
         "torch": torch.__version__,
