@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         "model",
         metavar="MODEL_DIR",
         type=Path,
-        help="a local Hugging Face model directory with config.json (never looked up on a hub)",
+        help="a local Hugging Face model directory with config.json, or a local .gguf file "
+        "(needs the gguf package; dequantised to --dtype); never looked up on a hub",
     )
     p.add_argument(
         "--task",

@@ -50,14 +50,26 @@ class _Plan:
     device: str = "cpu"
     sentence_transformer: bool = False
     report_file_format: str | None = None
+    gguf_file: str | None = None  # a .gguf model: its name inside ``path``
+
+    def source(self) -> dict:
+        """from_pretrained's arguments besides the path: local only, the GGUF file if any."""
+        return {
+            "local_files_only": True,
+            **({"gguf_file": self.gguf_file} if self.gguf_file else {}),
+        }
 
 
 def _check(args) -> _Plan:
     path = args.model
     if not path.exists():
         raise UsageError(f"{path}: no such directory")
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return _check_rest(args, _gguf_plan(args, path))
     if not path.is_dir():
-        raise UsageError(f"{path} is not a directory (give a local Hugging Face model directory)")
+        raise UsageError(
+            f"{path} is not a directory (give a local Hugging Face model directory or a .gguf file)"
+        )
     config_file = path / "config.json"
     if not config_file.is_file():
         raise UsageError(f"{path} has no config.json: not a Hugging Face model directory")
@@ -71,6 +83,33 @@ def _check(args) -> _Plan:
     plan.sentence_transformer = plan.task == "feature-extraction" and _has_sentence_transformers(
         path
     )
+    if args.data is not None and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise UsageError(f"{path} has no tokenizer files: --data cannot be tokenized")
+    return _check_rest(args, plan)
+
+
+def _gguf_plan(args, path) -> _Plan:
+    """A GGUF file (llama.cpp's format): transformers reads its config, tokenizer and weights
+    (dequantised to --dtype) through the gguf package."""
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise UsageError(f"{path}: reading a GGUF file needs the gguf package (pip install gguf)")
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            path.parent, gguf_file=path.name, local_files_only=True
+        ).to_dict()
+    except Exception as exc:  # transformers' own errors for a file it cannot read
+        raise UsageError(f"{path}: transformers cannot read this GGUF file ({exc})") from None
+    if not config.get("architectures"):  # GGUF files hold language models: a causal LM's head
+        config["architectures"] = ["ForCausalLM"]
+    return _Plan(path.parent, config, _task(args.task, config, path), gguf_file=path.name)
+
+
+def _check_rest(args, plan) -> _Plan:
+    """What does not depend on the model's format: data, method, layers, device, outputs."""
     if args.data is not None:
         plan.texts, plan.labels = _read_data(args, plan)
         n = len(plan.texts)
@@ -82,8 +121,6 @@ def _check(args) -> _Plan:
                 f"{args.data} has {n} text(s): none left to calibrate on after holding out "
                 f"--eval-fraction {args.eval_fraction}"
             )
-        if not any((path / name).is_file() for name in TOKENIZER_FILES):
-            raise UsageError(f"{path} has no tokenizer files: --data cannot be tokenized")
     _check_method(args, plan)
     plan.exclude = _exclusions(args)
     _check_targets(args, plan)
@@ -240,7 +277,7 @@ def _check_targets(args, plan):
     from .compress import find_targets
 
     try:
-        config = transformers.AutoConfig.from_pretrained(plan.path, local_files_only=True)
+        config = transformers.AutoConfig.from_pretrained(plan.path, **plan.source())
         with torch.device("meta"):
             skeleton = _auto_class(plan.task).from_config(config)
     except Exception as exc:  # transformers' own errors for a config it cannot build
@@ -353,7 +390,7 @@ def compress(args) -> int:
         say(evaluation["summary"])
     if args.out is not None:
         save_compressed(
-            saved, args.out, report=report, base_model=str(plan.path), method=report.method
+            saved, args.out, report=report, base_model=str(args.model), method=report.method
         )
         if tokenizer is not None and not plan.sentence_transformer:
             tokenizer.save_pretrained(args.out)
@@ -390,13 +427,11 @@ def _load(args, plan):
         model = next(m.auto_model for m in saved if hasattr(m, "auto_model"))
         tokenizer = saved.tokenizer
     else:
-        model = _auto_class(plan.task).from_pretrained(
-            plan.path, local_files_only=True, **{key: dtype}
-        )
+        model = _auto_class(plan.task).from_pretrained(plan.path, **plan.source(), **{key: dtype})
         saved = model = model.to(plan.device)
         tokenizer = None
-        if any((plan.path / name).is_file() for name in TOKENIZER_FILES):
-            tokenizer = transformers.AutoTokenizer.from_pretrained(plan.path, local_files_only=True)
+        if plan.gguf_file or any((plan.path / name).is_file() for name in TOKENIZER_FILES):
+            tokenizer = transformers.AutoTokenizer.from_pretrained(plan.path, **plan.source())
     model.eval()
     if tokenizer is not None and tokenizer.pad_token is None:
         if tokenizer.eos_token is None:

