@@ -13,12 +13,13 @@ author = "The sklearn-wsvd developers"
 copyright = "2026, The sklearn-wsvd developers"
 release = version = sklearn_wsvd.__version__
 
+# No maths extension: the few formulas are plain text, so that the pages render offline
+# (MathJax would come from a CDN; imgmath needs LaTeX).
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.doctest",
     "sphinx.ext.intersphinx",
-    "sphinx.ext.mathjax",
     "numpydoc",
     "sphinx_gallery.gen_gallery",
 ]
