@@ -14,6 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..metrics import loss_estimate, output_error, truncated
+from ._format import aliases
 from ._sequential import (
     BlockRunner,
     corrected,
@@ -97,10 +98,8 @@ def _tied(model, names):
 
 def _aliases(model):
     """Every name under which each module is registered (a shared module has several)."""
-    names = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        names.setdefault(id(module), []).append(name)
-    return {name: names[id(module)] for name, module in model.named_modules()}
+    groups = aliases(dict(model.named_modules(remove_duplicate=False)))
+    return {name: group for group in groups for name in group}
 
 
 def _count(model) -> int:
