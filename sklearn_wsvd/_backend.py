@@ -31,6 +31,12 @@ def resolve_device(device, like=None) -> torch.device:
             f"device={str(device)!r} was requested but CUDA is not available on this "
             "machine; use device='cpu' or device='auto'."
         )
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:  # mps on a machine without it, say
+        raise ValueError(
+            f"device={str(device)!r} is not usable here ({exc}); use device='cpu' or device='auto'."
+        ) from None
     return device
 
 

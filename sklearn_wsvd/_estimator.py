@@ -461,14 +461,21 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             The low-rank reconstruction.
         """
         check_is_fitted(self)
+        k = self.components_.shape[0]
         if is_tensor(X):
+            if X.ndim != 2 or X.shape[1] != k:
+                raise ValueError(
+                    f"X has shape {tuple(X.shape)}, but inverse_transform expects "
+                    f"(n_samples, n_components = {k})."
+                )
+            if not torch.isfinite(X).all():
+                raise ValueError("X contains NaN or infinity.")
             C = to_tensor(self.components_, device=X.device, dtype=_float_dtype(X))
             return output_like(X.to(C.dtype) @ C, X)
         X = check_array(X, dtype=[np.float64, np.float32], input_name="X")
-        if X.shape[1] != self.components_.shape[0]:
+        if X.shape[1] != k:
             raise ValueError(
-                f"X has {X.shape[1]} columns, but inverse_transform expects "
-                f"n_components = {self.components_.shape[0]}."
+                f"X has {X.shape[1]} columns, but inverse_transform expects n_components = {k}."
             )
         return X @ self.components_.astype(X.dtype, copy=False)
 

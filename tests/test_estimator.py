@@ -267,6 +267,13 @@ def test_cuda_requested_without_cuda(data):
         WeightedTruncatedSVD(device="cuda").fit(X, sample_weight=W)
 
 
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="checks the error without mps")
+def test_unusable_device_is_named_before_any_work(data):
+    X, W = data
+    with pytest.raises(ValueError, match="device='mps' is not usable here"):
+        WeightedTruncatedSVD(device="mps").fit(X, sample_weight=W)
+
+
 def test_unfitted_and_mismatched_transform(data):
     X, W = data
     with pytest.raises(NotFittedError):
@@ -276,6 +283,11 @@ def test_unfitted_and_mismatched_transform(data):
         est.transform(X[:, :5])
     with pytest.raises(ValueError, match=re.escape("expects n_components = 3")):
         est.inverse_transform(np.ones((2, 4)))
+    for bad in (torch.ones(3), torch.ones(2, 4)):  # 1-D, wrong width: named, not a torch error
+        with pytest.raises(ValueError, match=re.escape("expects (n_samples, n_components = 3)")):
+            est.inverse_transform(bad)
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        est.inverse_transform(torch.tensor([[1.0, float("nan"), 0.0]]))
 
 
 # Property tests ---------------------------------------------------------------

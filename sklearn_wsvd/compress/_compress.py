@@ -190,11 +190,12 @@ def compress_model(
     metric_damping : float, default=0.01
         Damping of the input and output-gradient metrics, relative to their mean
         eigenvalue (see :class:`~sklearn_wsvd.WeightedTruncatedSVD`).
-    output_damping : float
+    output_damping : float, default=0.0
         Further shrinkage of the output-gradient moment ``G`` towards isotropy
         (``G + output_damping * mean_eigenvalue * I``) for "kfac" and K-FAC
         budgets: ``G`` comes from few loss directions (a C-class loss has C - 1
-        per token), so its small eigenvalues are poorly estimated.
+        per token), so its small eigenvalues are poorly estimated. On the two
+        encoder tasks measured, 0.1 and 1 moved accuracy within noise.
     solver : str, default="auto"
         Solver of the element-wise "tfwsvd" method.
     risk_threshold : float, optional
