@@ -16,15 +16,20 @@ SVD and the measured loss increase and accuracy drop are correlated (Spearman)
 with the old (diagonal Fisher) and the new (K-FAC) metric and simpler candidates.
 
     python benchmarks/bench_compression.py --task tweets [--no-tune] [--quick]
+    python benchmarks/bench_compression.py --task tweets --methods svd kfac  # a subset
+    python benchmarks/bench_compression.py --task tweets --merge a.json b.json
 
-Writes results/compression-<task>.{json,md,png}.
+Writes results/compression-<task>.{json,md,png} (a subset or --quick:
+compression-<task>-quick.*; --merge combines runs into compression-<task>.*).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -256,6 +261,39 @@ def markdown(rows, baseline, correlations, majority):
     return "\n".join(lines) + "\n"
 
 
+def merge(task, paths):
+    """One results file from runs of different configurations or settings of the same task."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    rows, order = {}, []
+    for run in runs:
+        assert run["task"] == task, f"{run['task']} is not {task}"
+        for row in run["rows"]:
+            key = (row["method"], row["ratio"])
+            if key not in rows:
+                order.append(key)
+            rows.setdefault(key, {}).update(row)
+    ordered = sorted(order, key=lambda k: (-k[1], list(CONFIGS).index(k[0])))
+    merged = [rows[k] for k in ordered]
+    payload = {
+        "task": task,
+        "baseline": runs[0]["baseline"],
+        "majority": runs[0]["majority"],
+        "rows": merged,
+        "merged_from": [
+            {"file": p.name, "provenance": r["provenance"]}
+            for p, r in zip(paths, runs, strict=True)
+        ],
+    }
+    validation = next((r["metric_validation"] for r in runs if "metric_validation" in r), None)
+    if validation:
+        payload["metric_validation"] = validation
+    correlations = validation["spearman"] if validation else {}
+    write_json(RESULTS / f"compression-{task}.json", payload)
+    text = markdown(merged, payload["baseline"], correlations, payload["majority"])
+    (RESULTS / f"compression-{task}.md").write_text(text)
+    plot(merged, RESULTS / f"compression-{task}.png", payload["baseline"]["accuracy"], task)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--task", choices=sorted(TASKS), default="tweets")
@@ -264,7 +302,20 @@ def main():
     parser.add_argument("--methods", nargs="*", help="a subset of the configurations")
     parser.add_argument("--ratios", nargs="*", type=float, default=[0.4, 0.25, 0.15])
     parser.add_argument("--timing-only", action="store_true", help="warm, repeated timings only")
+    parser.add_argument(
+        "--validate", action="store_true", help="validate the metric even with --methods"
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="merge results files of --task (rows by method and ratio; later files add to and "
+        "override earlier ones) into results/compression-TASK.*; runs nothing",
+    )
     args = parser.parse_args()
+    if args.merge:
+        merge(args.task, [Path(p) for p in args.merge])
+        return
     model, tokenizer, data = load_finetuned(args.task)
     stats, _ = statistics(args.task, model, tokenizer, data)
     max_len = TASKS[args.task]["max_len"]
@@ -282,7 +333,7 @@ def main():
     rows = compare(model, tokenizer, data, stats, args.task, ratios, configs, tune=not args.no_tune)
     payload = {"task": args.task, "baseline": baseline, "majority": majority, "rows": rows}
     correlations = {}
-    if not args.quick and not args.methods:
+    if args.validate or not (args.quick or args.methods):
         base, layers, correlations = validate_metric(
             copy.deepcopy(model), tokenizer, data, stats, args.task, ratio=0.1, n_eval=500
         )

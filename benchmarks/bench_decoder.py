@@ -10,7 +10,8 @@ compressed (the tied output head is not), to 80% and 60% of their weights (20% a
 with the same total spread across layers ("global"), or block by block
 ("sequential").
 
-    python benchmarks/bench_decoder.py [--quick]
+    python benchmarks/bench_decoder.py [--quick] [--methods ...] [--sizes 0.8 0.6]
+    python benchmarks/bench_decoder.py --merge a.json b.json  # runs into one table
 
 Writes results/decoder.{json,md}.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import math
 import time
 from pathlib import Path
@@ -94,7 +96,26 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="one size, four methods")
     parser.add_argument("--methods", nargs="*")
+    parser.add_argument("--sizes", nargs="*", type=float, help="fractions kept (0.8 0.6)")
+    parser.add_argument(
+        "--merge", nargs="+", metavar="JSON", help="combine results files into decoder.*"
+    )
     args = parser.parse_args()
+    if args.merge:
+        runs = [json.loads(Path(p).read_text()) for p in args.merge]
+        rows = {}
+        for run in runs:
+            rows.update({(r["method"], r["kept"]): r for r in run["rows"]})
+        payload = {k: v for k, v in runs[0].items() if k != "provenance"}
+        payload["rows"] = sorted(
+            rows.values(), key=lambda r: (-r["kept"], list(CONFIGS).index(r["method"]))
+        )
+        payload["merged_from"] = [
+            {"file": p, "provenance": r["provenance"]}
+            for p, r in zip(args.merge, runs, strict=True)
+        ]
+        write_results("decoder", payload)
+        return
     texts = [t for t in getdata("bbcnews")[0] if len(t) > 1500]
     calib_texts, eval_texts = texts[:64], texts[64:128]
     start = time.perf_counter()
@@ -114,7 +135,7 @@ def main():
     )
     calibration_seconds = time.perf_counter() - start
     print(f"calibration {calibration_seconds:.0f} s", flush=True)
-    sizes = (0.8,) if args.quick else (0.8, 0.6)
+    sizes = args.sizes or ((0.8,) if args.quick else (0.8, 0.6))
     configs = {k: v for k, v in CONFIGS.items() if not args.methods or k in args.methods}
     if args.quick and not args.methods:
         configs = {
@@ -157,16 +178,22 @@ def main():
         "max_len": MAX_LEN,
         "rows": rows,
     }
-    name = "decoder" + ("-quick" if args.quick or args.methods else "")
+    subset = args.quick or args.methods or args.sizes
+    write_results("decoder" + ("-quick" if subset else ""), payload)
+
+
+def write_results(name, payload):
     write_json(RESULTS / f"{name}.json", payload)
     lines = [
         f"SmolLM2-135M-Instruct (4-bit GGUF weights dequantised to float32), perplexity on "
-        f"{len(eval_texts)} BBC articles ({MAX_LEN} tokens each): uncompressed {baseline:.2f}.",
+        f"{payload['n_eval_texts']} BBC articles ({payload['max_len']} tokens each): "
+        f"uncompressed {payload['baseline_perplexity']:.2f}. Calibration on "
+        f"{payload['n_calibration_texts']} others took {payload['calibration_seconds']} s.",
         "",
         "| linear weights kept | method | perplexity | compress (s) |",
         "|---|---|---|---|",
     ]
-    for r in rows:
+    for r in payload["rows"]:
         lines.append(
             f"| {r['params_kept']:.1%} | {r['method']} | {r['perplexity']:.2f} | "
             f"{r['compress_seconds']} |"
