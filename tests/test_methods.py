@@ -268,17 +268,36 @@ def test_stages_follow_the_blocks_of_a_transformer():
     assert all(n.startswith("bert.encoder.layer.0.") for n in groups[0])
 
 
-@pytest.mark.parametrize("make", ["bert", "gpt2"])
+def tiny_llama():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=60,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("make", ["bert", "gpt2", "llama"])
 def test_block_runner_matches_full_forward_passes(make, monkeypatch):
     """Running block by block on cached hidden states is the same computation."""
     from test_compress import tiny_gpt2
 
     from sklearn_wsvd.compress import _sequential
 
-    model = tiny_bert() if make == "bert" else tiny_gpt2()
+    model = {"bert": tiny_bert, "gpt2": tiny_gpt2, "llama": tiny_llama}[make]()
     batches = token_batches(n_batches=2, size=3)
-    if make == "gpt2":
+    if make != "bert":  # causal LMs: rotary positions (llama) and a padded row
         batches = [{"input_ids": b["input_ids"]} for b in batches]
+        for b in batches:
+            b["attention_mask"] = torch.ones_like(b["input_ids"])
+            b["attention_mask"][1, -4:] = 0
+            b["labels"] = b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)
     else:
         for b in batches:
             b["attention_mask"] = torch.ones_like(b["input_ids"])
