@@ -58,11 +58,11 @@ CONFIGS = {
     "svd-llm": dict(method="svd-llm"),
     "kfac": dict(method="kfac"),
     "svd-llm global": dict(method="svd-llm", allocation="global"),
-    "kfac global": dict(method="kfac", allocation="global"),
+    "kfac global (default)": dict(allocation="global"),
     "svd-llm sequential": dict(method="svd-llm", sequential=True),
     "kfac sequential": dict(method="kfac", sequential=True),
     "svd-llm global sequential": dict(method="svd-llm", allocation="global", sequential=True),
-    "kfac global sequential (default)": dict(allocation="global", sequential=True),
+    "kfac global sequential": dict(allocation="global", sequential=True),
     "kfac global sequential, G shrunk 0.1": dict(
         allocation="global", sequential=True, output_damping=0.1
     ),
@@ -261,6 +261,13 @@ def markdown(rows, baseline, correlations, majority):
     return "\n".join(lines) + "\n"
 
 
+# Configurations renamed since (the same arguments): results files keep working.
+RENAMED = {
+    "kfac global": "kfac global (default)",
+    "kfac global sequential (default)": "kfac global sequential",
+}
+
+
 def merge(task, paths):
     """One results file from runs of different configurations or settings of the same task."""
     runs = [json.loads(p.read_text()) for p in paths]
@@ -268,6 +275,7 @@ def merge(task, paths):
     for run in runs:
         assert run["task"] == task, f"{run['task']} is not {task}"
         for row in run["rows"]:
+            row["method"] = RENAMED.get(row["method"], row["method"])
             key = (row["method"], row["ratio"])
             if key not in rows:
                 order.append(key)

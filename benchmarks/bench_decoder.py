@@ -40,11 +40,11 @@ CONFIGS = {
     "svd-llm": dict(method="svd-llm"),
     "kfac": dict(method="kfac"),
     "svd-llm global": dict(method="svd-llm", allocation="global"),
-    "kfac global": dict(method="kfac", allocation="global"),
+    "kfac global (default)": dict(allocation="global"),
     "svd-llm sequential": dict(method="svd-llm", sequential=True),
     "kfac sequential": dict(method="kfac", sequential=True),
     "svd-llm global sequential": dict(method="svd-llm", allocation="global", sequential=True),
-    "kfac global sequential (default)": dict(allocation="global", sequential=True),
+    "kfac global sequential": dict(allocation="global", sequential=True),
     "kfac global sequential, G shrunk 0.1": dict(
         allocation="global", sequential=True, output_damping=0.1
     ),
@@ -104,7 +104,13 @@ def main():
     if args.merge:
         runs = [json.loads(Path(p).read_text()) for p in args.merge]
         rows = {}
+        renamed = {  # configurations renamed since (the same arguments)
+            "kfac global": "kfac global (default)",
+            "kfac global sequential (default)": "kfac global sequential",
+        }
         for run in runs:
+            for r in run["rows"]:
+                r["method"] = renamed.get(r["method"], r["method"])
             rows.update({(r["method"], r["kept"]): r for r in run["rows"]})
         payload = {k: v for k, v in runs[0].items() if k != "provenance"}
         payload["rows"] = sorted(
@@ -139,8 +145,7 @@ def main():
     configs = {k: v for k, v in CONFIGS.items() if not args.methods or k in args.methods}
     if args.quick and not args.methods:
         configs = {
-            k: CONFIGS[k]
-            for k in list(CONFIGS)[:1] + ["svd-llm", "kfac", "kfac global sequential (default)"]
+            k: CONFIGS[k] for k in list(CONFIGS)[:1] + ["svd-llm", "kfac", "kfac global (default)"]
         }
     rows = []
     for kept in sizes:

@@ -11,8 +11,8 @@ low-rank factorisation at several sizes and watch the filter's test accuracy:
 * SVD-LLM, which minimises each layer's output error on calibration inputs
   (whitening by the inputs' Gram matrix);
 * the package's default: the Kronecker-factored curvature of the filter's loss
-  (``kfac``), a parameter budget spread across layers by the predicted loss
-  increase, and a block-by-block fit to the inputs the compressed blocks give.
+  (``kfac``) and a parameter budget spread across layers by the predicted loss
+  increase.
 
 One calibration pass over 128 training messages collects what every method
 needs. The example runs in about a minute on two CPU cores;
@@ -110,13 +110,13 @@ stats = collect_statistics(
 
 methods = {
     "plain SVD": dict(method="svd"),
-    "SVD-LLM": dict(method="svd-llm", sequential=False),
-    "default (kfac, budget, sequential)": dict(batches=batches, loss_fn=loss_fn),
+    "SVD-LLM": dict(method="svd-llm"),
+    "default (kfac, budget)": dict(method="auto"),
 }
 curves = {name: [] for name in methods}
 for fraction in [0.5, 0.3, 0.2]:
     for name, params in methods.items():
-        size = {"param_budget": fraction} if "batches" in params else {"ratio": fraction}
+        size = {"param_budget": fraction} if params["method"] == "auto" else {"ratio": fraction}
         small, report = compress_model(
             model, statistics=stats, target_modules=layers, progress=False, **size, **params
         )

