@@ -174,8 +174,9 @@ def compress_model(
         hidden states, about three forward passes over ``batches`` in all. For
         methods that use the inputs ("asvd", "svd-llm", "kfac"); needs
         ``batches`` as a sequence. It helped the two encoders measured (up to
-        0.03 accuracy) and hurt the decoder badly (SmolLM2's perplexity 72 ->
-        745 with "kfac" at 80%; ``benchmarks/results/``), so it is off unless asked.
+        0.03 accuracy) and hurt the decoder badly (SmolLM2's perplexity 57 ->
+        745 with "kfac" and a budget at 80%; ``benchmarks/results/``), so it is
+        off unless asked.
     importance : dict of str to tensor, optional
         A diagonal Fisher per layer (:func:`fisher_importance`), for the Fisher
         methods: a shorthand for statistics holding only that.
