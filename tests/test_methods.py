@@ -90,10 +90,11 @@ def test_report_errors_match_the_metrics(stats):
     assert row.loss_estimate == pytest.approx(
         loss_estimate(W, W_hat, input_moment=C, output_gradient_moment=G), rel=1e-6
     )
+    # Plain SVD's columns are the "svd" method's fit (float32 by default): exact to rounding.
     assert row.svd_loss_estimate == pytest.approx(
-        svd_risk(W, rank=6, input_moment=C, output_gradient_moment=G), rel=1e-9
+        svd_risk(W, rank=6, input_moment=C, output_gradient_moment=G), rel=1e-4
     )
-    assert row.svd_output_error == pytest.approx(output_error(W, truncated(W, 6), C), rel=1e-9)
+    assert row.svd_output_error == pytest.approx(output_error(W, truncated(W, 6), C), rel=1e-4)
     assert row.loss_estimate < row.svd_loss_estimate
 
 

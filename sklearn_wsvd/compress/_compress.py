@@ -13,7 +13,7 @@ from joblib import Parallel, delayed
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..metrics import loss_estimate, output_error, truncated
+from ..metrics import loss_estimate, output_error
 from ._format import aliases
 from ._sequential import (
     BlockRunner,
@@ -62,7 +62,8 @@ def _factorise(name, weight, stats, rank, method, options, risk_threshold):
     W = weight.detach().to(torch.float64)
     if not torch.isfinite(W).all():
         raise ValueError(f"layer {name!r}: its weight contains NaN or infinite values.")
-    svd_errors = _errors(W, truncated(W, rank), stats)
+    # Plain SVD's errors at the same rank, for the report (the method's own when it is "svd").
+    svd_errors = None if method == "svd" else _errors(W, _plain_svd(weight, rank), stats)
     if risk_threshold is not None and svd_errors["loss_estimate"] < risk_threshold:
         options = {**options, "solver": "rank1"}
     try:
@@ -71,8 +72,14 @@ def _factorise(name, weight, stats, rank, method, options, risk_threshold):
         raise ValueError(f"layer {name!r}: {exc}") from exc
     A, B = _balance(A.to(torch.float64), B.to(torch.float64))
     errors = _errors(W, A @ B, stats)
-    errors.update({f"svd_{k}": v for k, v in svd_errors.items()})
+    errors.update({f"svd_{k}": v for k, v in (svd_errors or errors).items()})
     return name, A, B, solver, errors, time.perf_counter() - start
+
+
+def _plain_svd(weight, rank):
+    """The "svd" method's approximation (a randomized SVD on large layers, as it fits them)."""
+    A, B, _ = get_method("svd").factorise(weight.detach(), None, rank)
+    return A.to(torch.float64) @ B.to(torch.float64)
 
 
 def _balance(A, B):
@@ -400,7 +407,7 @@ class _Replacer:
 def _sequential_errors(weight, A, B, paired, stats):
     """Report errors of a sequentially fitted layer: against ``W X``, from perturbed inputs."""
     W = weight.detach().to(torch.float64)
-    W_hat, W_svd = A @ B, truncated(W, A.shape[1])
+    W_hat, W_svd = A @ B, _plain_svd(weight, A.shape[1])
     C = paired.original / max(paired.perturbed.n_tokens, 1)
     residual, energy, n_tokens = paired_errors(W, W_hat, paired)
     out = {
