@@ -267,25 +267,11 @@ def test_stages_follow_the_blocks_of_a_transformer():
     assert all(n.startswith("bert.encoder.layer.0.") for n in groups[0])
 
 
-def tiny_llama():
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=60,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
-
-
 @pytest.mark.parametrize("make", ["bert", "gpt2", "llama"])
 def test_block_runner_matches_full_forward_passes(make, monkeypatch):
     """Running block by block on cached hidden states is the same computation."""
     from test_compress import tiny_gpt2
+    from test_io import tiny_llama
 
     from sklearn_wsvd.compress import _sequential
 
