@@ -53,6 +53,13 @@ def provenance() -> dict:
     }
 
 
+# Benchmark configurations renamed since (the same arguments): old results files still merge.
+RENAMED_CONFIGS = {
+    "kfac global": "kfac global (default)",
+    "kfac global sequential (default)": "kfac global sequential",
+}
+
+
 def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"provenance": provenance(), **payload}, indent=2) + "\n")

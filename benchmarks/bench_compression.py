@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from _common import (
     ENCODER,
+    RENAMED_CONFIGS,
     RESULTS,
     TASKS,
     evaluate,
@@ -261,13 +262,6 @@ def markdown(rows, baseline, correlations, majority):
     return "\n".join(lines) + "\n"
 
 
-# Configurations renamed since (the same arguments): results files keep working.
-RENAMED = {
-    "kfac global": "kfac global (default)",
-    "kfac global sequential (default)": "kfac global sequential",
-}
-
-
 def merge(task, paths):
     """One results file from runs of different configurations or settings of the same task."""
     runs = [json.loads(p.read_text()) for p in paths]
@@ -275,7 +269,7 @@ def merge(task, paths):
     for run in runs:
         assert run["task"] == task, f"{run['task']} is not {task}"
         for row in run["rows"]:
-            row["method"] = RENAMED.get(row["method"], row["method"])
+            row["method"] = RENAMED_CONFIGS.get(row["method"], row["method"])
             key = (row["method"], row["ratio"])
             if key not in rows:
                 order.append(key)

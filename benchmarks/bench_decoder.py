@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import RESULTS, write_json
+from _common import RENAMED_CONFIGS, RESULTS, write_json
 
 from sklearn_wsvd.compress import collect_statistics, compress_model
 
@@ -104,13 +104,9 @@ def main():
     if args.merge:
         runs = [json.loads(Path(p).read_text()) for p in args.merge]
         rows = {}
-        renamed = {  # configurations renamed since (the same arguments)
-            "kfac global": "kfac global (default)",
-            "kfac global sequential (default)": "kfac global sequential",
-        }
         for run in runs:
             for r in run["rows"]:
-                r["method"] = renamed.get(r["method"], r["method"])
+                r["method"] = RENAMED_CONFIGS.get(r["method"], r["method"])
             rows.update({(r["method"], r["kept"]): r for r in run["rows"]})
         payload = {k: v for k, v in runs[0].items() if k != "provenance"}
         payload["rows"] = sorted(

@@ -43,6 +43,7 @@ import warnings
 
 import numpy as np
 from _common import HERE, RESULTS, write_json
+from bench_solvers import time_to
 from sklearn.decomposition import TruncatedSVD
 from sklearn.exceptions import ConvergenceWarning
 
@@ -118,11 +119,6 @@ def history(X, W, k, solver, cap, target=None):
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.fit(X, sample_weight=W)
     return est.history_["objective"], est.history_["seconds"]
-
-
-def time_to(objective, seconds, target):
-    hit = np.flatnonzero(np.asarray(objective) <= target)
-    return float(seconds[hit[0]]) if hit.size else None
 
 
 def time_to_one_percent(n, k, cap):
