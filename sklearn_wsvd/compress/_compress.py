@@ -261,8 +261,7 @@ def compress_model(
             "passed over twice for every block."
         )
     names = _untied_targets(model, target_modules, exclude_modules, filter_fn)
-    modules = dict(model.named_modules())
-    shapes = {n: linear_shape(modules[n]) for n in names}
+    shapes = {n: linear_shape(model.get_submodule(n)) for n in names}
     if importance is not None:
         statistics = statistics_from_importance(importance, shapes)
     if statistics is None and batches is not None:
@@ -295,7 +294,9 @@ def compress_model(
         raise ValueError(
             f"risk_threshold applies to the iterative 'tfwsvd' method only, not {method!r}."
         )
-    weights = {n: dense_weight(modules[n]) for n in names}
+    # The only references to the original weights that compress_model holds: each is let go
+    # once its layer is replaced, so that memory falls as the model shrinks.
+    weights = {n: dense_weight(model.get_submodule(n)) for n in names}
     damping = {"metric_damping": metric_damping, "output_damping": output_damping}
     ranks = resolve_ranks(
         rank, ratio, param_budget, weights, statistics, shapes, min_saving, **damping
