@@ -53,6 +53,27 @@ def provenance() -> dict:
     }
 
 
+# The docs' text column is about 7 inches wide: a figure this wide shows its fonts at their size.
+PAGE_WIDTH = 7.0
+
+
+def page_figure(nrows=1, ncols=1, height=3.0, **kwargs):
+    """A page-wide matplotlib figure with fonts readable there (save it with :func:`save`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(
+        {"font.size": 8, "axes.titlesize": 8, "legend.fontsize": 7, "lines.markersize": 4}
+    )
+    return plt.subplots(nrows, ncols, figsize=(PAGE_WIDTH, height), squeeze=False, **kwargs)
+
+
+def save(fig, path):
+    fig.savefig(path, dpi=200, bbox_inches="tight")
+
+
 # Benchmark configurations renamed since (the same arguments): old results files still merge.
 RENAMED_CONFIGS = {
     "kfac global": "kfac global (default)",

@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from _common import (
     ENCODER,
     RENAMED_CONFIGS,
@@ -41,6 +40,8 @@ from _common import (
     evaluate,
     fine_tune,
     load_finetuned,
+    page_figure,
+    save,
     statistics,
     write_json,
 )
@@ -218,25 +219,48 @@ def validate_metric(model, tokenizer, data, stats, task, ratio, n_eval):
     return base, layers, correlations
 
 
+# Colour by weighting (what the method models), line style by how ranks are chosen and fitted.
+COLOURS = {
+    "svd": "tab:gray",
+    "fwsvd": "tab:orange",
+    "fisher-rank1": "tab:brown",
+    "tfwsvd": "tab:pink",
+    "asvd": "tab:purple",
+    "svd-llm": "tab:blue",
+    "kfac": "tab:green",
+}
+
+
+def style(config):
+    """Matplotlib keywords of a configuration's line: the default stands out."""
+    global_, sequential = "global" in config, "sequential" in config
+    ls = {(False, False): "-", (True, False): "--", (False, True): ":", (True, True): "-."}
+    return {
+        "color": COLOURS[config.split()[0]],
+        "ls": ls[global_, sequential],
+        "lw": 2.5 if "default" in config else 1.2,
+        "marker": "o",
+    }
+
+
 def plot(rows, path, baseline, task):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Accuracy against size, without and with tuning (ablations of G's shrinkage left out)."""
     keys = [k for k in ("test_accuracy", "tuned_accuracy") if any(k in r for r in rows)]
-    fig, axes = plt.subplots(1, len(keys), figsize=(6.5 * len(keys), 4.5), squeeze=False)
+    fig, axes = page_figure(1, len(keys), height=3.2, sharey=True)
     for ax, key in zip(axes[0], keys, strict=True):
-        for method in dict.fromkeys(r["method"] for r in rows):
-            sel = [r for r in rows if r["method"] == method and key in r]
-            ax.plot([r["params_kept"] for r in sel], [r[key] for r in sel], "o-", label=method)
-        ax.axhline(baseline, color="grey", ls="--", lw=0.8, label="uncompressed")
+        for config in dict.fromkeys(r["method"] for r in rows if "shrunk" not in r["method"]):
+            sel = [r for r in rows if r["method"] == config and key in r]
+            if sel:
+                x, y = [r["params_kept"] for r in sel], [r[key] for r in sel]
+                ax.plot(x, y, label=config, **style(config))
+        ax.axhline(baseline, color="black", ls="--", lw=0.8, label="uncompressed")
         ax.set_xlabel("fraction of encoder linear weights kept")
-        ax.set_ylabel("test accuracy")
-        ax.set_title(f"{task}: " + ("after compression" if key == "test_accuracy" else "1 epoch"))
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+        ax.set_title(f"{task}: " + ("no tuning" if key == "test_accuracy" else "1 epoch of tuning"))
+    axes[0][0].set_ylabel("test accuracy")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, bbox_to_anchor=(0.5, 0))
+    fig.tight_layout(rect=(0, 0.22, 1, 1))
+    save(fig, path)
 
 
 def markdown(rows, baseline, correlations, majority):
@@ -348,7 +372,6 @@ def main():
     write_json(RESULTS / f"{name}.json", payload)
     (RESULTS / f"{name}.md").write_text(markdown(rows, baseline, correlations, majority))
     plot(rows, RESULTS / f"{name}.png", baseline["accuracy"], args.task)
-    torch.set_num_threads(torch.get_num_threads())
 
 
 if __name__ == "__main__":

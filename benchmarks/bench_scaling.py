@@ -42,7 +42,7 @@ import time
 import warnings
 
 import numpy as np
-from _common import HERE, RESULTS, write_json
+from _common import HERE, RESULTS, page_figure, save, write_json
 from bench_solvers import time_to
 from sklearn.decomposition import TruncatedSVD
 from sklearn.exceptions import ConvergenceWarning
@@ -292,12 +292,8 @@ def report(results):
     (RESULTS / "scaling.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = page_figure(1, 2, height=3.4)
+    axes = axes[0]
     for s in SOLVERS:
         axes[0].loglog(sides, by_side[s], "o-", label=f"{s}, one iteration")
         axes[1].loglog(ranks, by_rank[s], "o-", label=f"{s}, one iteration")
@@ -308,11 +304,12 @@ def report(results):
         ax.set_xticks(x, [str(v) for v in x], minor=False)
         ax.set_xticks([], minor=True)
         ax.set_ylabel("seconds")
-        ax.legend(fontsize=7)
     axes[0].set_xlabel("matrix side (square, k = 64)")
     axes[1].set_xlabel("rank k (1024 x 1024)")
-    fig.tight_layout()
-    fig.savefig(RESULTS / "scaling.png", dpi=110)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, bbox_to_anchor=(0.5, 0))
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    save(fig, RESULTS / "scaling.png")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import time
 import warnings
 
 import numpy as np
-from _common import RESULTS, load_finetuned, statistics, write_json
+from _common import RESULTS, load_finetuned, page_figure, save, statistics, write_json
 from sklearn.decomposition import TruncatedSVD
 from sklearn.exceptions import ConvergenceWarning
 
@@ -239,14 +239,10 @@ def report(rows, name):
 
 
 def plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Objective against time on the six MiniLM cases, one legend for all panels."""
     cases = sorted({(r["matrix"], r["rank"]) for r in rows}, key=lambda c: (c[0], c[1]))
     real = [c for c in cases if c[0].startswith("minilm")][:6]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8), squeeze=False)
+    fig, axes = page_figure(2, 3, height=4.6, sharey=True)
     for ax, (matrix, rank) in zip(axes.flat, real, strict=False):
         for r in rows:
             if (r["matrix"], r["rank"]) != (matrix, rank) or r["method"] in ("svd", "fwsvd"):
@@ -261,12 +257,14 @@ def plot(rows, path):
         ax.set_xscale("symlog", linthresh=0.01)
         ax.set_yscale("log")
         ax.axhline(0.01, color="grey", lw=0.5, ls="--")
-        ax.set_title(f"{matrix}, k={rank}", fontsize=9)
+        ax.set_title(f"{matrix.removeprefix('minilm ')}, k={rank}")
         ax.set_xlabel("seconds")
+    for ax in axes[:, 0]:
         ax.set_ylabel("objective / best - 1")
-    axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, 0))
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    save(fig, path)
 
 
 def main():
