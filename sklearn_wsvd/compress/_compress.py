@@ -54,8 +54,11 @@ def _errors(W, W_hat, stats):
     return out
 
 
-def _factorise(name, weight, stats, rank, method, options, risk_threshold):
-    """One layer's job (tensors in, tensors out, so that any joblib backend can run it)."""
+def _factorise(name, weight, stats, rank, method, options, risk_threshold, report=True):
+    """One layer's job (tensors in, tensors out, so that any joblib backend can run it).
+
+    ``report=False`` skips the errors: a sequential fit's are measured on its paired inputs.
+    """
     start = time.perf_counter()
     if rank is None:
         return name, None, None, "dense", {}, time.perf_counter() - start
@@ -63,7 +66,7 @@ def _factorise(name, weight, stats, rank, method, options, risk_threshold):
     if not torch.isfinite(W).all():
         raise ValueError(f"layer {name!r}: its weight contains NaN or infinite values.")
     # Plain SVD's errors at the same rank, for the report (the method's own when it is "svd").
-    svd_errors = None if method == "svd" else _errors(W, _plain_svd(weight, rank), stats)
+    svd_errors = _errors(W, _plain_svd(weight, rank), stats) if report and method != "svd" else None
     if risk_threshold is not None and svd_errors["loss_estimate"] < risk_threshold:
         options = {**options, "solver": "rank1"}
     try:
@@ -71,8 +74,10 @@ def _factorise(name, weight, stats, rank, method, options, risk_threshold):
     except ValueError as exc:
         raise ValueError(f"layer {name!r}: {exc}") from exc
     A, B = _balance(A.to(torch.float64), B.to(torch.float64))
-    errors = _errors(W, A @ B, stats)
-    errors.update({f"svd_{k}": v for k, v in (svd_errors or errors).items()})
+    errors = {}
+    if report:
+        errors = _errors(W, A @ B, stats)
+        errors.update({f"svd_{k}": v for k, v in (svd_errors or errors).items()})
     return name, A, B, solver, errors, time.perf_counter() - start
 
 
@@ -346,7 +351,9 @@ def compress_model(
             paired = paired_inputs(model, todo, replace.swap, batches, loss_fn)
         # A generator: joblib takes the layers one by one, only a few are in flight at once.
         jobs = (
-            delayed(_factorise)(n, *inputs(n, paired), plan[n], method, options, risk_threshold)
+            delayed(_factorise)(
+                n, *inputs(n, paired), plan[n], method, options, risk_threshold, n not in paired
+            )
             for n in stage
         )
         for name, A, B, used, errors, seconds in Parallel(n_jobs=n_jobs, return_as="generator")(
