@@ -76,6 +76,7 @@ def save(fig, path):
 
 # Benchmark configurations renamed since (the same arguments): old results files still merge.
 RENAMED_CONFIGS = {
+    "tfwsvd (als-cg)": "tfwsvd",  # it ran the default iterative solver (ncg), not als-cg
     "kfac global": "kfac global (default)",
     "kfac global sequential (default)": "kfac global sequential",
 }

@@ -88,7 +88,7 @@ print(json.dumps({
     "peak_rss_mib": status_mib("VmHWM"),
     "rss_at_end_mib": status_mib("VmRSS"),
     "layers": len([r for r in report.layers if r.rank is not None]),
-    "largest_layer_float64_mib": max(m * n for m, n in (r.shape for r in report.layers)) * 8 / 2**20,
+    "largest_layer_float64_mib": max(r.shape[0] * r.shape[1] for r in report.layers) * 8 / 2**20,
     "params_after": report.model_params_after,
     "seconds": seconds,
 }))

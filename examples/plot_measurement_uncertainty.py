@@ -25,7 +25,7 @@ _, _, Vt = np.linalg.svd(signal, full_matrices=False)
 results = {}
 for name, est, weights in [
     ("plain SVD", WeightedTruncatedSVD(rank, solver="svd"), None),
-    ("weighted (als-cg)", WeightedTruncatedSVD(rank), W),
+    ("weighted (default solver)", WeightedTruncatedSVD(rank), W),
 ]:
     Z = est.fit_transform(X, sample_weight=weights)
     error = np.sqrt(np.mean((Z @ est.components_ - signal) ** 2))
