@@ -65,6 +65,8 @@ CONFIGS = {
     "kfac sequential": dict(method="kfac", sequential=True),
     "svd-llm global sequential": dict(method="svd-llm", allocation="global", sequential=True),
     "kfac global sequential": dict(allocation="global", sequential=True),
+    "svd-llm sequential, reweight": dict(method="svd-llm", sequential="reweight"),
+    "kfac global sequential, reweight": dict(allocation="global", sequential="reweight"),
     "kfac global sequential, G shrunk 0.1": dict(
         allocation="global", sequential=True, output_damping=0.1
     ),
@@ -239,7 +241,7 @@ def style(config):
         "color": COLOURS[config.split()[0]],
         "ls": ls[global_, sequential],
         "lw": 2.5 if "default" in config else 1.2,
-        "marker": "o",
+        "marker": "s" if "reweight" in config else "o",
     }
 
 

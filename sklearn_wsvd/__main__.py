@@ -230,10 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     how.add_argument(
         "--sequential",
-        action="store_true",
+        nargs="?",
+        const="refit",
+        default=False,
+        choices=["refit", "reweight"],
         help="fit block by block to the inputs the compressed blocks give (needs --data and a "
-        "method that uses the inputs; about three passes over the calibration data). It helped "
-        "encoders and hurt a decoder in the benchmarks: off by default",
+        "method that uses the inputs; about three passes over the calibration data): 'refit' "
+        "(the default mode) to reproduce the original outputs, 'reweight' to weight the error "
+        "by those inputs only. Off by default",
     )
     how.add_argument(
         "--min-saving",

@@ -318,13 +318,15 @@ def test_integer_labels_and_unlabelled_csv_calibrate_a_classifier(files, capsys)
     assert report["method"] == "svd-llm" and report["evaluation"] is None
 
 
-def test_llama_sequentially_with_a_global_budget(files, tmp_path, capsys):
+@pytest.mark.parametrize(("flag", "mode"), [([], "refit"), (["reweight"], "reweight")])
+def test_llama_sequentially_with_a_global_budget(files, tmp_path, capsys, flag, mode):
     out = tmp_path / "small"
     argv = ["compress", str(files / "llama"), "--data", str(files / "text.txt")]
-    argv += ["--param-budget", "0.6", "--sequential", "--method", "svd-llm", "--out", str(out)]
-    assert cli.main(argv) == 0
+    argv += ["--param-budget", "0.6", "--method", "svd-llm", "--out", str(out)]
+    assert cli.main([*argv, "--sequential", *flag]) == 0
     stdout = capsys.readouterr().out
     assert "method 'svd-llm'" in stdout and "perplexity on 8 held-out texts" in stdout
+    assert f"fitted block by block ({mode})" in stdout
     loaded = transformers.AutoModelForCausalLM.from_pretrained(out)
     assert any(isinstance(m, LowRankLinear) for m in loaded.modules())
     assert isinstance(loaded.lm_head, nn.Linear)

@@ -259,6 +259,39 @@ def test_sequential_fits_each_block_to_the_perturbed_inputs():
         compress_model(model, ratio=0.5, sequential=True, batches=batches, method="svd")
 
 
+def test_sequential_reweight_keeps_the_weight_and_weights_it_by_the_perturbed_inputs():
+    model = correlated_mlp()
+    batches = data()
+    kw = dict(
+        rank={"0": 4, "2": 6, "4": 2},
+        method="svd-llm",
+        batches=batches,
+        loss_fn=nn.CrossEntropyLoss(),
+        min_saving=0.0,
+        metric_damping=0.0,
+        progress=False,
+        dtype="float64",
+    )
+    fits = {
+        mode: compress_model(model, sequential=mode, **kw) for mode in (False, "reweight", True)
+    }
+    assert [fits[m][1].sequential for m in fits] == [False, "reweight", "refit"]
+    x = torch.cat([b[0] for b in batches]).double()
+    W = model[2].weight.detach().double()
+    with torch.no_grad():
+        x_tilde = torch.tanh(fits["reweight"][0][0].double()(x))  # what layer 2 reads
+
+    def weighted_error(compressed):
+        return float(((W - compressed[2].to_dense().detach().double()) @ x_tilde.T).norm())
+
+    # "reweight" is the optimum of |(W - W') X~| at rank 6: below the plain fit (whose metric
+    # is the original inputs') and the refit (whose target is not W).
+    errors = {m: weighted_error(fits[m][0]) for m in fits}
+    assert errors["reweight"] < errors[False] and errors["reweight"] < errors[True]
+    with pytest.raises(ValueError, match="sequential must be False, True, 'refit' or 'reweight'"):
+        compress_model(model, ratio=0.5, sequential="yes", batches=batches)
+
+
 def test_stages_follow_the_blocks_of_a_transformer():
     bert = tiny_bert()
     names = [n for n, m in bert.named_modules() if isinstance(m, nn.Linear)]

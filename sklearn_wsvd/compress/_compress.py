@@ -35,6 +35,8 @@ DEFAULT_METHOD = "kfac"
 # A factorised layer must save at least this fraction of its weights, or it stays dense:
 # a second matmul for a few percent is a loss in speed.
 DEFAULT_MIN_SAVING = 0.1
+# sequential= values and what they mean (True is the first mode offered, kept as "refit").
+SEQUENTIAL_MODES = {False: False, True: "refit", "refit": "refit", "reweight": "reweight"}
 
 
 def _errors(W, W_hat, stats):
@@ -128,7 +130,7 @@ def compress_model(
     statistics: dict | None = None,
     batches=None,
     loss_fn=None,
-    sequential: bool = False,
+    sequential: bool | str = False,
     importance: dict | None = None,
     target_modules=None,
     exclude_modules=None,
@@ -179,16 +181,22 @@ def compress_model(
         Needed by ``sequential``.
     loss_fn : callable, optional
         For ``(inputs, targets)`` batches, as in :func:`collect_statistics`.
-    sequential : bool, default=False
-        Fit block by block, each block to the inputs that the already-compressed
-        blocks give it, so that later layers correct earlier errors (as GPTQ and
-        SVD-LLM's update do); transformer stacks run block by block on cached
-        hidden states, about three forward passes over ``batches`` in all. For
-        methods that use the inputs ("asvd", "svd-llm", "kfac"); needs
-        ``batches`` as a sequence. It helped the two encoders measured (up to
-        0.03 accuracy) and hurt the decoder badly (SmolLM2's perplexity 57 ->
-        745 with "kfac" and a budget at 80%; ``benchmarks/results/``), so it is
-        off unless asked.
+    sequential : {False, True, "refit", "reweight"}, default=False
+        Fit block by block, each block to the inputs ``X~`` that the
+        already-compressed blocks give it (transformer stacks run block by
+        block on cached hidden states, about three forward passes over
+        ``batches`` in all). ``"refit"`` (or True) refits each layer to
+        reproduce its original outputs from those inputs, ``min |W X - W' X~|``,
+        so that later layers correct earlier errors (as GPTQ and SVD-LLM's
+        update do); ``"reweight"`` keeps the layer's own weight as the target
+        and only weights its error by the inputs it will see,
+        ``min |(W - W') X~|``. For methods that use the inputs ("asvd",
+        "svd-llm", "kfac"); needs ``batches`` as a sequence. Measured
+        (``benchmarks/results/``): "refit" helped the two encoders (up to 0.03
+        accuracy) and ruined the decoder (SmolLM2's perplexity 57 -> 745 with
+        "kfac" and a budget at 80% kept): its least-squares refit shrinks each
+        layer's outputs towards their mean given the perturbed inputs, and over
+        30 blocks the hidden states drift further than without it. Off unless asked.
     importance : dict of str to tensor, optional
         A diagonal Fisher per layer (:func:`fisher_importance`), for the Fisher
         methods: a shorthand for statistics holding only that.
@@ -259,6 +267,11 @@ def compress_model(
         raise ValueError(f"min_saving must be a fraction in [0, 1), got {min_saving!r}.")
     if statistics is not None and importance is not None:
         raise ValueError("Give statistics or importance, not both.")
+    if not isinstance(sequential, (bool, str)) or sequential not in SEQUENTIAL_MODES:
+        raise ValueError(
+            f"sequential must be False, True, 'refit' or 'reweight', got {sequential!r}."
+        )
+    sequential = SEQUENTIAL_MODES[sequential]
     reusable = batches is not None and iter(batches) is not batches
     if sequential and not reusable:
         raise ValueError(
@@ -321,7 +334,7 @@ def compress_model(
     report = CompressionReport(
         method=method,
         allocation=allocation_name(rank, ratio, statistics),
-        sequential=bool(sequential),
+        sequential=sequential,
         model_params_before=_count(model),
     )
     groups = stages(model, names) if sequential else [names]
@@ -335,10 +348,10 @@ def compress_model(
         """The weight and statistics a layer is fitted to: with perturbed inputs if sequential."""
         if name not in paired:
             return weights[name], stats.get(name)
-        return (
-            corrected(weights[name], paired[name], metric_damping),
-            layer_statistics(stats.get(name), paired[name], shapes[name]),
-        )
+        target = weights[name]
+        if sequential == "refit":
+            target = corrected(target, paired[name], metric_damping)
+        return target, layer_statistics(stats.get(name), paired[name], shapes[name])
 
     bar = tqdm(total=len(names), desc="compress", disable=not progress)
     for stage in groups:

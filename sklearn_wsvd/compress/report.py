@@ -46,7 +46,7 @@ class CompressionReport:
     layers: list[LayerReport] = field(default_factory=list)
     method: str = ""
     allocation: str = "uniform"
-    sequential: bool = False
+    sequential: bool | str = False  # False, or the mode: "refit" or "reweight"
     model_params_before: int = 0
     model_params_after: int = 0
     seconds: float = 0.0
@@ -109,7 +109,7 @@ class CompressionReport:
         model = self.model_params_after / max(self.model_params_before, 1)
         lines.append(
             f"method {self.method!r}; ranks: {self.allocation}"
-            + ("; fitted block by block (sequential)" if self.sequential else "")
+            + (f"; fitted block by block ({self.sequential})" if self.sequential else "")
         )
         lines.append(
             f"target layers {self.params_before:,} -> {self.params_after:,} weights "
