@@ -195,7 +195,7 @@ def compress_model(
         (``benchmarks/results/``): "refit" helped the two encoders (up to 0.03
         accuracy) and ruined the decoder (SmolLM2's perplexity 57 -> 745 with
         "kfac" and a budget at 80% kept: each refitted layer's own error is
-        lower, yet the hidden states drift twice as far from the original
+        lower, yet the hidden states drift over twice as far from the original
         model's); "reweight" moved the encoders within noise and lowered
         "svd-llm"'s perplexity on the decoder (102 -> 93). Off unless asked.
     importance : dict of str to tensor, optional
