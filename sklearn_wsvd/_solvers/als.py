@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import iterate, rounding_ridge, tiny, weight_scale
+from ._common import iterate, objective, rounding_ridge, tiny, weight_scale, workspace
 
 # Bytes that weighted_row_solve may allocate beyond its inputs and output: the
 # chunk of Gram matrices, the outer products they are built from, the
@@ -101,23 +101,28 @@ def _solve_batch(X, W, B, A_old, G, alpha, scale, rhs_rows):
     return x
 
 
-def _cg_row_update(WX, W, A, B, alpha, n_steps):
+def _cg_row_update(X, W, A, B, alpha, n_steps, scratch):
     """``n_steps`` of Jacobi-preconditioned CG on every row's normal equations at once.
 
     The rows solve the same systems as in :func:`weighted_row_solve` (with the
     rounding-level ridge; rows without weight stay where they are), warm-started
-    at ``A``.
+    at ``A``. ``scratch``, a tensor of ``X``'s shape (a transposed view will do),
+    holds every matrix-sized temporary.
     """
     gram_diag = W @ B.square().T
     trace = gram_diag.sum(1, keepdim=True)
     lam = rounding_ridge(trace, B.shape[0], A.dtype)
     reg = alpha + lam + (trace == 0).to(A.dtype)  # weightless rows: (1 + alpha) a = a_old
 
+    def weighted(P):  # (W * P) @ B^T, P of X's shape already in scratch
+        return torch.mm(P.mul_(W), B.T)
+
     def apply(P):  # P -> rows of (B diag(W_i) B^T + reg_i I) p_i
-        return (W * (P @ B)) @ B.T + reg * P
+        return weighted(torch.mm(P, B, out=scratch)) + reg * P
 
     diag = gram_diag + reg
-    resid = WX @ B.T - (W * (A @ B)) @ B.T - (alpha + lam) * A
+    # the residual of the normal equations, B diag(W_i) (x_i - B^T a_i) - (alpha + lam_i) a_i
+    resid = -weighted(torch.addmm(X, A, B, beta=-1.0, out=scratch)) - (alpha + lam) * A
     z = resid / diag
     rz = (resid * z).sum(1, keepdim=True)
     # Rows whose preconditioned residual has fallen to rounding level stop (their
@@ -138,6 +143,16 @@ def _cg_row_update(WX, W, A, B, alpha, n_steps):
         p = torch.where(live, z + rz_new / torch.where(live, rz, 1.0) * p, 0.0)
         rz = rz_new
     return A
+
+
+def cg_sweep(X, W, A, B, alpha, n_steps, scratch):
+    """One alternating sweep: ``n_steps`` CG steps for the rows of ``A``, then the columns of ``B``.
+
+    Returns the new factors and their objective, computed in ``scratch``.
+    """
+    A = _cg_row_update(X, W, A, B, alpha, n_steps, scratch)
+    B = _cg_row_update(X.T, W.T, B.T, A.T, alpha, n_steps, scratch.T).T
+    return A, B, objective(X, W, A, B, alpha, out=scratch)
 
 
 def als(
@@ -168,13 +183,10 @@ def als(
 
 def als_cg(X, W, A, B, *, alpha=0.0, max_iter=100, tol=1e-5, cg_steps=3, **kw):
     """Alternating sweeps whose row and column solves are ``cg_steps`` warm-started CG steps."""
-    WX = W * X
-    WXt, Wt = WX.T, W.T
+    (scratch,) = workspace(X, 1)
 
     def step(A, B, it):
-        A = _cg_row_update(WX, W, A, B, alpha, cg_steps)
-        B = _cg_row_update(WXt, Wt, B.T, A.T, alpha, cg_steps).T
-        return A, B
+        return cg_sweep(X, W, A, B, alpha, cg_steps, scratch)
 
     return iterate(
         step,

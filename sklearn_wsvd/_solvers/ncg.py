@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._common import iterate, rounding_ridge, tiny
-from .als import _cg_row_update
+from ._common import iterate, rounding_ridge, tiny, workspace
+from .als import cg_sweep
 from .closed_form import rank_one_approximation
 
 
@@ -65,21 +65,31 @@ def ncg(X, W, A, B, *, alpha=0.0, max_iter=1000, tol=1e-5, sweeps=3, cg_steps=3,
     weights are far from rank one (per-sample Fisher information: there the
     joint steps alone took up to four times as long to come within 1%); from
     that start the joint steps converge faster than alternation, which zigzags.
+
+    Every matrix-sized temporary lives in four buffers allocated once
+    (:func:`~sklearn_wsvd._solvers._common.workspace`), and each sum over the
+    matrix is taken from a product written into one of them.
     """
     a, b = rank_one_approximation(W)
-    WX = W * X
+    residual, weighted, second, scratch = workspace(X, 4)
     state = {}
+
+    def inner(P, Q):  # sum(P * Q), accurately (torch's float32 dot of 1e7 terms is not)
+        return float(torch.mul(P, Q, out=scratch).sum())
 
     def restart(A, B):
         state.clear()
 
     def step(A, B, it):
         if it <= sweeps:
-            A = _cg_row_update(WX, W, A, B, alpha, cg_steps)
-            return A, _cg_row_update(WX.T, W.T, B.T, A.T, alpha, cg_steps).T
-        E = torch.addmm(X, A, B, alpha=1.0, beta=-1.0)  # A B - X
-        R = W * E
-        GA, GB = R @ B.T + alpha * A, A.T @ R + alpha * B
+            return cg_sweep(X, W, A, B, alpha, cg_steps, scratch)
+        E = torch.addmm(X, A, B, beta=-1.0, out=residual)  # A B - X
+        R = torch.mul(W, E, out=weighted)
+        f0 = inner(R, E)
+        GA, GB = R @ B.T, A.T @ R
+        if alpha:
+            GA, GB = GA + alpha * A, GB + alpha * B
+            f0 += alpha * float(A.square().sum() + B.square().sum())
         # Each row's share of the block: the rank-one model's a_i, corrected so that
         # the block's trace is the exact one, sum_j W_ij |b_j|^2 (one product W v).
         nb, na = B.square().sum(0), A.square().sum(1)
@@ -97,13 +107,16 @@ def ncg(X, W, A, B, *, alpha=0.0, max_iter=1000, tol=1e-5, sweeps=3, cg_steps=3,
         else:
             DA, DB = -ZA, -ZB
         state.update(ZA=ZA, ZB=ZB, gz=gz, D=(DA, DB))
-        E1 = torch.addmm(DA @ B, A, DB)
-        E2 = DA @ DB
-        WE1, WE2 = W * E1, W * E2
-        c4 = float((WE2 * E2).sum())
-        c3 = 2.0 * float((WE1 * E2).sum())
-        c2 = float((WE1 * E1).sum() + 2.0 * (WE2 * E).sum())
-        c1 = 2.0 * float((WE1 * E).sum())
+        # The residual along the line is E + t E1 + t^2 E2; E is done with, and its
+        # buffer takes E1 = DA B + A DB (one product of the stacked factors).
+        E1 = torch.mm(torch.cat([DA, A], 1), torch.cat([B, DB], 0), out=residual)
+        E2 = torch.mm(DA, DB, out=second)
+        c1 = 2.0 * inner(R, E1)
+        c2 = 2.0 * inner(R, E2)
+        WE = torch.mul(W, E1, out=weighted)  # R is done with too
+        c2 += inner(WE, E1)
+        c3 = 2.0 * inner(WE, E2)
+        c4 = inner(torch.mul(W, E2, out=weighted), E2)
         if alpha:
             c2 += alpha * float(DA.square().sum() + DB.square().sum())
             c1 += 2.0 * alpha * float((A * DA).sum() + (B * DB).sum())
@@ -111,9 +124,6 @@ def ncg(X, W, A, B, *, alpha=0.0, max_iter=1000, tol=1e-5, sweeps=3, cg_steps=3,
         if t == 0.0:
             state.clear()
             return A, B
-        f0 = float((R * E).sum())
-        if alpha:
-            f0 += alpha * float(A.square().sum() + B.square().sum())
         f = f0 + (((c4 * t + c3) * t + c2) * t + c1) * t
         A, B = A + t * DA, B + t * DB
         # Where the step removes nearly all of f0, the sum cancels and rounding
