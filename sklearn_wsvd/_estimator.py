@@ -93,7 +93,8 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             default=None
         Starting point of the iterative solvers: a closed-form solver's result,
         random factors, or ``(A0, B0)`` of shapes (n_samples, k) and
-        (k, n_features). None means "rank1". Ignored by closed-form solvers.
+        (k, n_features), taken as a fit to refine ("ncg" skips its alternating
+        sweeps from it). None means "rank1". Ignored by closed-form solvers.
 
     max_iter : int or None, default=None
         Maximum number of iterations (sweeps for "als", "als-cg" and "em", steps
@@ -477,7 +478,12 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             raise ValueError(
                 f"X has {X.shape[1]} columns, but inverse_transform expects n_components = {k}."
             )
-        return X @ self.components_.astype(X.dtype, copy=False)
+        # by torch, as every other product here: a numpy matrix product would leave
+        # numpy's BLAS threads spinning, which slows the torch operations that follow
+        # (a fit in a cross-validation loop) on a machine with few cores
+        cpu, dtype = torch.device("cpu"), resolve_dtype(X.dtype)
+        Z, V = (to_tensor(a, device=cpu, dtype=dtype) for a in (X, self.components_))
+        return to_numpy(Z @ V)
 
     def score(self, X, y=None, sample_weight=None, sample_metric=None):
         """Negative weighted mean squared reconstruction error (higher is better).

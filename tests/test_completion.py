@@ -202,7 +202,7 @@ def test_the_path_cross_validates_over_entries_warm_as_cold():
     X, W, _ = noisy_completion(seed=1)
     alphas = [20.0, 6.0]  # the optimum's rank stays below k: convex, one optimum
     est = WeightedTruncatedSVD(8, tol=1e-10, max_iter=3000, random_state=0)
-    path = alpha_path(est, X, W, alphas=alphas, n_folds=3, patience=None)
+    path = alpha_path(est, X, W, alphas=alphas, n_folds=3, max_folds=None, patience=None)
     fold = _entry_folds(W, 3)
     for a, alpha in enumerate(alphas):
         for f in range(3):  # each fold fitted from scratch: the same optimum
@@ -219,7 +219,7 @@ def test_the_path_cross_validates_over_entries_warm_as_cold():
 def test_the_path_never_lets_a_hidden_entry_reach_a_fit():
     X, W, _ = noisy_completion()
     _Spy.calls = []
-    alpha_path(_Spy(6), X, W, n_alphas=3, n_folds=4, patience=None)
+    alpha_path(_Spy(6), X, W, n_alphas=3, n_folds=4, max_folds=None, patience=None)
     fold = _entry_folds(W, 4)
     assert len(_Spy.calls) == 3 * 4
     for n, (_, X_fit, W_fit) in enumerate(_Spy.calls):
@@ -231,8 +231,8 @@ def test_the_path_never_lets_a_hidden_entry_reach_a_fit():
 def test_the_path_finds_the_penalty_the_truth_would_choose():
     X, W, truth = noisy_completion()
     path = alpha_path(WeightedTruncatedSVD(8, random_state=0), X, W)
-    assert 3 <= len(path["alphas"]) < 16  # stopped once the error rose for 3 penalties
     alpha_max = np.linalg.svd(np.where(W > 0, X, 0.0), compute_uv=False)[0]
+    assert 3 <= len(path["alphas"]) < 16  # stopped once the error rose for 3 penalties
     np.testing.assert_allclose(
         path["alphas"], alpha_max * np.logspace(0, -3, 16)[: len(path["alphas"])]
     )
@@ -250,6 +250,18 @@ def test_the_path_finds_the_penalty_the_truth_would_choose():
         warnings.simplefilter("ignore")
         unpenalised = WeightedTruncatedSVD(8, random_state=0).fit(X, sample_weight=W)
     assert errors[path["best_alpha"]] < 0.3 * hidden_rmse(unpenalised, X, W, truth)
+
+
+def test_a_holdout_is_the_first_fold_of_the_cross_validation():
+    X, W, _ = noisy_completion()
+    est = WeightedTruncatedSVD(8, random_state=0)
+    kw = dict(n_alphas=6, patience=None)
+    holdout = alpha_path(est, X, W, **kw)  # max_folds=1: one fold of five hidden
+    full = alpha_path(est, X, W, max_folds=None, **kw)
+    assert holdout["test_scores"].shape == (6, 1) and full["test_scores"].shape == (6, 5)
+    np.testing.assert_allclose(holdout["test_scores"][:, 0], full["test_scores"][:, 0])
+    with pytest.raises(ValueError, match="max_folds must be a positive int or None"):
+        alpha_path(est, X, W, max_folds=0)
 
 
 def test_the_scorer_folds_in_through_a_pipeline():

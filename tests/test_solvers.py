@@ -10,6 +10,7 @@ from conftest import DEVICES, low_rank_plus_noise, tail_energy, weighted_objecti
 from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_wsvd import WeightedTruncatedSVD
+from sklearn_wsvd._solvers import solve
 
 ITERATIVE = ["ncg", "als", "als-cg", "em", "adam"]
 ALL = ["svd", "fwsvd", "rank1", *ITERATIVE]
@@ -210,6 +211,19 @@ def test_warm_start_from_arrays(rng):
     again.fit(X, sample_weight=W)
     assert again.n_iter_ <= 2
     assert again.history_["objective"][0] == pytest.approx(first.reconstruction_err_**2)
+
+
+def test_ncg_refines_a_given_start_without_its_sweeps(rng):
+    # A start given as factors is a fit to refine: ncg's first iteration is then a
+    # joint step, not one of the alternating sweeps it takes from a closed form.
+    X = torch.tensor(rng.normal(size=(25, 15)))
+    W = torch.tensor(rng.uniform(size=X.shape))
+    A, B = solve(X, W, 3, solver="rank1")[:2]
+    warm = solve(X, W, 3, solver="ncg", init=(A, B), max_iter=1)
+    joint = solve(X, W, 3, solver="ncg", init=(A, B), max_iter=1, sweeps=0)
+    swept = solve(X, W, 3, solver="ncg", init=(A, B), max_iter=1, sweeps=3)
+    assert warm.objective == joint.objective != swept.objective
+    assert solve(X, W, 3, solver="ncg", max_iter=1).objective == swept.objective  # rank1 start
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -22,6 +22,11 @@ INITS = ("svd", "fwsvd", "rank1", "random")
 # it is faster from 200 x 200 on, and the solvers refine the start anyway.
 RANDOMIZED_START_MIN_SIDE = 100
 DEFAULT_MAX_ITER = {"als": 100, "als-cg": 200, "ncg": 500, "em": 500, "adam": 300}
+# Options for a start given as factors, a fit to refine (a warm start along a path
+# of penalties, say): ncg's alternating sweeps fit each row under its own weights
+# from a closed form, which such a start has done already (on eight completion
+# paths, skipping them took up to a third less time).
+WARM_START_OPTIONS = {"ncg": {"sweeps": 0}}
 # The iterative solver "auto" picks when no closed form is exact; see
 # benchmarks/bench_solvers.py for the measurements behind the choice.
 AUTO_ITERATIVE = "ncg"
@@ -120,6 +125,7 @@ def solve(
     if svd_solver == "auto" and min(X.shape) >= RANDOMIZED_START_MIN_SIDE:
         svd_solver = "randomized"  # a start need not be exact (randomized only where 4k <= side)
     if isinstance(init, tuple):
+        options = {**WARM_START_OPTIONS.get(solver, {}), **options}
         A, B = complete_rank(X, W, *init, alpha, svd_solver)
     elif init == "random":
         A, B = _random_init(X, k, torch.Generator().manual_seed(seed))
