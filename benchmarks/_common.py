@@ -82,6 +82,16 @@ RENAMED_CONFIGS = {
 }
 
 
+def settle(seconds: float = 0.2) -> None:
+    """Let the thread pools of the library timed last go idle before timing another.
+
+    numpy's BLAS threads spin for a while after a product; torch operations run
+    meanwhile on 2 cores wait for them (20 small ones took 15 times as long right
+    after a numpy matrix product, and no longer after 50 ms).
+    """
+    time.sleep(seconds)
+
+
 def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"provenance": provenance(), **payload}, indent=2) + "\n")
