@@ -116,9 +116,12 @@ for peer, grid in configs.items():
         if name is None or not isinstance(scores[name], float):
             rows[setting] = {"config": name, "rmse": scores.get(name), "seconds": None}
             continue
-        run(grid[name])  # warm
-        seconds = [run(grid[name])[1] for _ in range(repeats)]
-        rows[setting] = {"config": name, "rmse": scores[name], "seconds": float(np.median(seconds))}
+        try:
+            run(grid[name])  # warm
+            seconds = float(np.median([run(grid[name])[1] for _ in range(repeats)]))
+        except Exception as exc:  # EMPCA's random start fails now and then
+            seconds = f"a timed run failed: {type(exc).__name__}"
+        rows[setting] = {"config": name, "rmse": scores[name], "seconds": seconds}
     out[peer] = {"rows": rows, "grid": scores}
 print(json.dumps(out))
 """
@@ -361,7 +364,7 @@ def markdown(results):
             for setting, r in rows.items():
                 rm = r["rmse"]
                 rm = f"{rm:.3f}" if isinstance(rm, float) and np.isfinite(rm) else f"{rm}"
-                sec = "-" if r["seconds"] is None else f"{r['seconds']:.3f}"
+                sec = f"{r['seconds']:.3f}" if isinstance(r["seconds"], float) else "-"
                 if "selection_seconds" in r:
                     sec += f" (+ {r['selection_seconds']:.2f} selection)"
                 lines.append(f"| {method} | {setting} | {rm} | {sec} | {r['config']} |")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from numbers import Integral, Real
 
@@ -321,6 +322,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     def _fit(self, X, sample_weight, sample_metric, stacklevel):
         # stacklevel: the frames from here up to the caller of fit or fit_transform
         # (through _fit_context and, for fit_transform, the set_output wrapper).
+        start = time.perf_counter()  # history_["seconds"] count the validation too
         X_in, X, W = self._validate_input(X, sample_weight, sample_metric, reset=True)
         k = self.n_components
         m, n = X.shape
@@ -353,6 +355,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             callback=self.callback,
             verbose=self.verbose,
             svd_solver=self.svd_solver,
+            start=start,
         )
         A, B = left(R_inv, factors.A), right(factors.B, C_inv)
         Z, S, Vt = _svd_of_product(A, B, W.mean(dim=1))

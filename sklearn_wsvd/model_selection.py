@@ -29,6 +29,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils import check_array
 from sklearn.utils.metadata_routing import MetadataRequest
 
+from ._backend import to_tensor
+
 __all__ = ["HiddenEntryScorer", "alpha_path"]
 
 
@@ -295,7 +297,8 @@ def _spectral_norm(M) -> float:
     the small torch operations of the fits that follow then wait for the cores
     (on 2 cores, 20 of them took 15 times as long after a numpy matrix product).
     """
-    return float(torch.linalg.matrix_norm(torch.from_numpy(np.ascontiguousarray(M)), ord=2))
+    M = to_tensor(M, device=torch.device("cpu"), dtype=torch.float64)
+    return float(torch.linalg.matrix_norm(M, ord=2))
 
 
 def _dense(X, sample_weight):

@@ -95,6 +95,7 @@ def solve(
     callback=None,
     verbose: bool = False,
     svd_solver: str = "auto",
+    start: float | None = None,
     **options,
 ) -> Factors:
     """Fit ``X ~ A @ B`` (``A``: m x k, ``B``: k x n) under the weights ``W``.
@@ -112,9 +113,11 @@ def solve(
     objectives reported are in the caller's units. A starting pair whose product
     has rank below ``k`` (zeros, say) is a saddle point from which no solver can
     move: its missing directions are filled by the ``"rank1"`` start fitted to the
-    residual (:func:`complete_rank`).
+    residual (:func:`complete_rank`). The history's seconds count from ``start``
+    (a :func:`time.perf_counter` reading; None: now), so that a caller's own
+    preparation of the problem can be counted too.
     """
-    start = time.perf_counter()
+    start = time.perf_counter() if start is None else start
     scale = weight_scale(W)
     if scale != 1.0:
         W, alpha = W / scale, alpha / scale
