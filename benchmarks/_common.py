@@ -85,9 +85,8 @@ RENAMED_CONFIGS = {
 def settle(seconds: float = 0.2) -> None:
     """Let the thread pools of the library timed last go idle before timing another.
 
-    numpy's BLAS threads spin for a while after a product; torch operations run
-    meanwhile on 2 cores wait for them (20 small ones took 15 times as long right
-    after a numpy matrix product, and no longer after 50 ms).
+    numpy's BLAS threads spin for a while after a product, and torch operations
+    run meanwhile on 2 cores wait for them (bench_threads.py).
     """
     time.sleep(seconds)
 

@@ -10,7 +10,8 @@ with few cores, torch operations started meanwhile wait for a core. Measured her
 - :func:`alpha_path` on the digits with 50% of the entries missing (rank 20,
   centred, ``tol=1e-4`` as in bench_completion.py), with the estimator as it is
   (its ``inverse_transform`` multiplies in torch) and with one whose
-  ``inverse_transform`` multiplies in numpy, as the package did before.
+  ``inverse_transform`` multiplies in numpy, as the package did before, with
+  numpy's BLAS as it is and limited to one thread (threadpoolctl).
 
 Medians of ``--repeats`` runs after one unmeasured run.
 
@@ -31,6 +32,7 @@ from _common import RESULTS, write_json
 from sklearn.datasets import load_digits
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from sklearn_wsvd import WeightedTruncatedSVD, alpha_path
 
@@ -79,9 +81,18 @@ def main():
     X_missing, W = np.where(observed, X, np.nan), observed.astype(float)
     warnings.simplefilter("ignore")
     paths = {}
-    for name, cls in (("torch (now)", WeightedTruncatedSVD), ("numpy (before)", NumpyInverse)):
+    variants = {
+        "torch (now)": (WeightedTruncatedSVD, None),
+        "numpy (before)": (NumpyInverse, None),
+        "numpy, its BLAS limited to one thread": (NumpyInverse, 1),
+    }
+    for name, (cls, blas_threads) in variants.items():
         model = make_pipeline(StandardScaler(with_std=False), cls(20, tol=1e-4, device="cpu"))
-        path = lambda model=model: alpha_path(model, X_missing, W)  # noqa: E731
+
+        def path(model=model, blas_threads=blas_threads):
+            with threadpool_limits(blas_threads, user_api="blas"):
+                alpha_path(model, X_missing, W)
+
         paths[name] = median_ms(path, lambda: None, max(3, args.repeats // 5))
     write_json(RESULTS / "threads.json", {"torch_ops_ms": ops, "alpha_path_ms": paths})
     lines = [

@@ -24,8 +24,7 @@ RANDOMIZED_START_MIN_SIDE = 100
 DEFAULT_MAX_ITER = {"als": 100, "als-cg": 200, "ncg": 500, "em": 500, "adam": 300}
 # Options for a start given as factors, a fit to refine (a warm start along a path
 # of penalties, say): ncg's alternating sweeps fit each row under its own weights
-# from a closed form, which such a start has done already (on eight completion
-# paths, skipping them took up to a third less time).
+# from a closed form, which such a start has done already.
 WARM_START_OPTIONS = {"ncg": {"sweeps": 0}}
 # The iterative solver "auto" picks when no closed form is exact; see
 # benchmarks/bench_solvers.py for the measurements behind the choice.
