@@ -122,7 +122,8 @@ def sklearn_svd_seconds(X, k, repeats=7):
     """Scikit-learn's randomized TruncatedSVD of the same matrix: warm, median of ``repeats``.
 
     In float32, the precision our solvers work in by default. Seven runs: on the
-    2-core machine its time varied up to threefold between runs of this script.
+    2-core machine its time for one matrix varied up to fourfold between runs of
+    this script.
     """
     X = np.nan_to_num(X).astype(np.float32)
     settle()

@@ -231,8 +231,8 @@ def test_the_path_never_lets_a_hidden_entry_reach_a_fit():
 def test_the_path_finds_the_penalty_the_truth_would_choose():
     X, W, truth = noisy_completion()
     path = alpha_path(WeightedTruncatedSVD(8, random_state=0), X, W)
-    alpha_max = np.linalg.svd(np.where(W > 0, X, 0.0), compute_uv=False)[0]
     assert 3 <= len(path["alphas"]) < 16  # stopped once the error rose for 3 penalties
+    alpha_max = np.linalg.svd(np.where(W > 0, X, 0.0), compute_uv=False)[0]
     np.testing.assert_allclose(
         path["alphas"], alpha_max * np.logspace(0, -3, 16)[: len(path["alphas"])]
     )
