@@ -61,18 +61,19 @@ def test_ridge_under_uniform_weights_is_the_soft_thresholded_svd(rng, solver):
 
 
 @pytest.mark.parametrize("solver", ["als", "ncg"])
-def test_ridge_completion_is_a_soft_impute_fixed_point(solver):
+@pytest.mark.parametrize(("m", "n", "alpha", "rank"), [(40, 25, 6.0, 7), (300, 150, 22.0, 6)])
+def test_ridge_completion_is_a_soft_impute_fixed_point(solver, m, n, alpha, rank):
     # With missing entries the optimum L of the ridge with enough components is
     # the nuclear-norm-penalised completion: L = S_alpha(W * X + (1 - W) * L),
     # the fixed point that SoftImpute iterates to (Mazumder, Hastie, Tibshirani 2010).
     # Components that the ridge zeroes on the way are revived where the objective
     # can still fall: without that, ALS stopped at rank 5 where the optimum has 7.
-    X, W, _ = noisy_completion(m=40, n=25, observed=0.6)
-    alpha = 6.0
+    # From a side of 128 a revival first tries a randomized SVD's direction.
+    X, W, _ = noisy_completion(m=m, n=n, observed=0.6)
     est = WeightedTruncatedSVD(12, solver=solver, alpha=alpha, dtype="float64", tol=1e-14)
     L = est.set_params(max_iter=5000).fit_transform(X, sample_weight=W) @ est.components_
     filled = np.where(W > 0, X, L)
-    assert np.sum(est.singular_values_ > 1e-6) == 7  # the penalty chose the rank
+    assert np.sum(est.singular_values_ > 1e-6) == rank  # the penalty chose the rank
     np.testing.assert_allclose(soft_thresholded_svd(filled, alpha), L, atol=1e-5)
 
 

@@ -10,7 +10,7 @@ from conftest import DEVICES, low_rank_plus_noise, tail_energy, weighted_objecti
 from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_wsvd import WeightedTruncatedSVD
-from sklearn_wsvd._solvers import solve
+from sklearn_wsvd._solvers import _common, closed_form, solve
 
 ITERATIVE = ["ncg", "als", "als-cg", "em", "adam"]
 ALL = ["svd", "fwsvd", "rank1", *ITERATIVE]
@@ -284,8 +284,6 @@ def test_exact_row_solve_is_the_weighted_least_squares_solution(
 
 
 def test_large_matrices_use_a_deterministic_randomized_svd(rng, monkeypatch):
-    from sklearn_wsvd._solvers import closed_form
-
     X = torch.tensor(low_rank_plus_noise(rng, m=600, n=520, rank=8))
     calls = []
     lowrank = torch.svd_lowrank
@@ -558,3 +556,26 @@ def test_row_solve_ignores_the_weights_scale(rng):
     assert float(ref.abs().max()) > 0.1
     for c in (1e-30, 1e-12, 1e12, 1e30):
         torch.testing.assert_close(weighted_row_solve(X, W * c, B, A0), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("above", [False, True])
+def test_a_revival_is_certified_by_the_exact_svd(rng, above):
+    # On pure noise (a flat spectrum) the randomized SVD that a revival tries
+    # first finds u^T X v about 1% below the top singular value. Between the two,
+    # only the exact SVD sees that a new component lowers the objective; above
+    # the top, nothing may be revived.
+    X = torch.as_tensor(rng.normal(size=(400, 300)))
+    W = torch.ones_like(X)
+    A, B = torch.zeros(400, 2, dtype=X.dtype), torch.zeros(2, 300, dtype=X.dtype)
+    u, v = closed_form.truncated_svd(X, 1, svd_solver="randomized")
+    found = float((u.T @ X @ v.T).squeeze() / (u.norm() * v.norm()))
+    top = float(torch.linalg.matrix_norm(X, ord=2))
+    assert found < 0.995 * top
+    alpha = 1.001 * top if above else (found + top) / 2
+    f = float(_common.objective(X, W, A, B, alpha))
+    revived = _common.revive(X, W, A, B, alpha, f, tol=0.0)
+    if above:
+        assert revived is None
+    else:
+        assert revived is not None
+        assert float(_common.objective(X, W, *revived, alpha)) < f

@@ -203,7 +203,8 @@ def revive(X, W, A, B, alpha: float, f: float, tol: float):
     nuclear-norm-penalised optimum, when components are to spare) only where
     the largest singular value of ``G`` is at most ``alpha``. Otherwise the
     weakest component, if it has vanished (below ``sqrt(eps)`` of the largest),
-    is replaced by the top singular pair of ``G`` at the best step along it.
+    is replaced by the top singular pair of ``G`` (or a randomized approximation
+    of it, if that lowers the objective) at the best step along it.
     Returns the new pair, or None where nothing lowers ``f`` by more than ``tol``
     relative to it.
     """
@@ -215,18 +216,22 @@ def revive(X, W, A, B, alpha: float, f: float, tol: float):
     if float(size.max()) > 0 and float(size[j]) > eps**0.5 * float(size.max()):
         return None
     G = torch.addmm(X, A, B, alpha=-1.0).mul_(W)
-    u, v = truncated_svd(G, 1, svd_solver="auto")
-    top = float(u.square().sum().sqrt() * v.square().sum().sqrt())
-    if top <= alpha or top == 0:
-        return None
-    u, v = u / u.norm(), v / v.norm()
-    M = u @ v
+    # From a smaller side of about 128 up, where it costs less than LAPACK's, a
+    # randomized SVD finds a descending direction (its u^T G v is at most the top
+    # singular value, a few % below it on a residual's flat spectrum); only where
+    # it finds none does the exact SVD certify that none exists.
+    cheap = ("randomized",) if min(G.shape) >= 128 else ()
+    for svd_solver in (*cheap, "full"):
+        u, v = truncated_svd(G, 1, svd_solver=svd_solver)
+        u, v = u / u.norm().clamp_min(tiny(u.dtype)), v / v.norm().clamp_min(tiny(v.dtype))
+        M = u @ v
+        gain = float((G * M).sum()) - alpha
+        if gain > 0:
+            break
     curvature = float((W * M.square()).sum())
-    if curvature <= 0:
+    if gain <= 0 or curvature <= 0:
         return None
-    t = (float((G * M).sum()) - alpha) / curvature
-    if t <= 0:
-        return None
+    t = gain / curvature
     A, B = A.clone(), B.clone()
     A[:, j], B[j] = t**0.5 * u[:, 0], t**0.5 * v[0]
     if objective(X, W, A, B, alpha) >= f * (1 - tol):

@@ -36,8 +36,12 @@ def truncated_svd(X, k: int, alpha: float = 0.0, svd_solver: str = "full"):
     on a matrix of pure noise) or ``"auto"`` (see :func:`randomized`).
     """
     if randomized(X.shape, k, svd_solver):
-        with torch.random.fork_rng(devices=[X.device] if X.device.type == "cuda" else []):
-            torch.manual_seed(0)
+        cuda = X.device.type == "cuda"
+        with torch.random.fork_rng(devices=[X.device] if cuda else []):
+            if cuda:
+                torch.manual_seed(0)
+            else:  # torch.manual_seed would wake CUDA's lazy seeding too (0.1 ms a call)
+                torch.default_generator.manual_seed(0)
             U, S, V = torch.svd_lowrank(X, q=min(k + 10, *X.shape), niter=5)
         Vt = V.T
     else:
