@@ -32,7 +32,7 @@ hidden entries are unknown). Every configuration reported is timed warm (one run
 first) and repeated: the median of ``--repeats`` runs, all in the same run of
 this script.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_completion.py --peer-python V/bin/python
+    python benchmarks/bench_completion.py --peer-python V/bin/python
 
 Writes results/completion.json and results/completion.md.
 """
