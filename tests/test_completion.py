@@ -201,8 +201,8 @@ def _entry_folds(W, n_folds, seed=0):
 
 def test_the_path_cross_validates_over_entries_warm_as_cold():
     X, W, _ = noisy_completion(seed=1)
-    alphas = [20.0, 6.0]  # the optimum's rank stays below k: convex, one optimum
-    est = WeightedTruncatedSVD(8, tol=1e-10, max_iter=3000, random_state=0)
+    alphas = [20.0, 8.0]  # the optimum's rank (1, 5) stays below k: convex, one optimum
+    est = WeightedTruncatedSVD(8, tol=1e-10, max_iter=3000, random_state=0, dtype="float64")
     path = alpha_path(est, X, W, alphas=alphas, n_folds=3, max_folds=None, patience=None)
     fold = _entry_folds(W, 3)
     for a, alpha in enumerate(alphas):

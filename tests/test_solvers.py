@@ -579,3 +579,19 @@ def test_a_revival_is_certified_by_the_exact_svd(rng, above):
     else:
         assert revived is not None
         assert float(_common.objective(X, W, *revived, alpha)) < f
+
+
+def test_a_revival_from_zero_is_the_soft_thresholded_svd_under_uniform_weights(rng):
+    # Every component vanished (a ridge above the data's scale zeroed the start):
+    # one revival gives them all the top singular pairs above alpha, each shrunk
+    # by alpha, which under uniform weights is the nuclear-norm optimum itself.
+    X = torch.as_tensor(rng.normal(size=(30, 20)))
+    W = torch.ones_like(X)
+    U, s, Vt = torch.linalg.svd(X, full_matrices=False)
+    alpha = float(s[3] + s[4]) / 2  # four singular values above it, eight components
+    A, B = torch.zeros(30, 8, dtype=X.dtype), torch.zeros(8, 20, dtype=X.dtype)
+    f = float(_common.objective(X, W, A, B, alpha))
+    A, B = _common.revive(X, W, A, B, alpha, f, tol=0.0)
+    expected = (U * (s - alpha).clamp_min(0)) @ Vt
+    torch.testing.assert_close(A @ B, expected, rtol=0, atol=1e-10)
+    assert int((torch.linalg.vector_norm(A, dim=0) > 0).sum()) == 4
