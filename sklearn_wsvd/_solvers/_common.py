@@ -139,9 +139,9 @@ def iterate(
     A stall with a vanished component (a column of ``A`` and a row of ``B`` at
     zero, as the ridge leaves them) is not yet convergence where the objective
     can still fall along new rank-one directions (:func:`revive`): the
-    vanished components are revived there and the run goes on. ``restart(A, B)`` then
-    tells the step to forget its state (momentum, previous directions); a solver
-    without it is never revived.
+    vanished components are revived there and the run goes on. ``restart(A, B)``
+    then tells the step to forget its state (momentum, previous directions); a
+    solver without it is never revived.
     """
     f = objective(X, W, A, B, alpha)
     best = (f, A, B)
@@ -207,8 +207,8 @@ def revive(X, W, A, B, alpha: float, f: float, tol: float):
     each at its own best step ``t_i``, the whole scaled by the exact line
     search along their sum (``u_i^T G v_j = 0`` for ``i != j``, so the
     objective is quadratic along it). Where the ridge has zeroed every
-    component, a start reached the optimum's rank in one revival rather than
-    one per component (19 of them, on the digits with 90% missing).
+    component of a start, the fit reaches the optimum's rank in one revival
+    rather than in one per component, each followed by iterations to a stall.
     Returns the new pair, or None where nothing lowers ``f`` by more than ``tol``
     relative to it.
     """
