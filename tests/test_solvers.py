@@ -326,8 +326,6 @@ def test_the_svd_solver_is_as_good_as_scikit_learns_truncated_svd(rng):
 
 
 def _solve(X, W, k, solver, **kw):
-    from sklearn_wsvd._solvers import solve
-
     return solve(torch.as_tensor(X), torch.as_tensor(W), k, solver=solver, **kw)
 
 

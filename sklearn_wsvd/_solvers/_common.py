@@ -212,18 +212,17 @@ def revive(X, W, A, B, alpha: float, f: float, tol: float):
     Returns the new pair, or None where nothing lowers ``f`` by more than ``tol``
     relative to it.
     """
-    from .closed_form import truncated_svd  # closed_form imports this module
+    from .closed_form import REVIVE_RANDOMIZED_MIN_SIDE, truncated_svd  # it imports this module
 
     size = torch.linalg.vector_norm(A, dim=0) * torch.linalg.vector_norm(B, dim=1)
     vanished = torch.nonzero(size <= torch.finfo(A.dtype).eps ** 0.5 * size.max())[:, 0]
     if len(vanished) == 0:
         return None
     G = torch.addmm(X, A, B, alpha=-1.0).mul_(W)
-    # From a smaller side of about 128 up, where it costs less than LAPACK's, a
-    # randomized SVD finds descending directions (its u^T G v is at most the
+    # A randomized SVD finds descending directions (its u^T G v is at most the
     # singular value, a few % below it on a residual's flat spectrum); only where
     # it finds none does the exact SVD certify that none exists.
-    cheap = ("randomized",) if min(G.shape) >= 128 else ()
+    cheap = ("randomized",) if min(G.shape) >= REVIVE_RANDOMIZED_MIN_SIDE else ()
     for svd_solver in (*cheap, "full"):
         U, V = truncated_svd(G, len(vanished), svd_solver=svd_solver)
         U = U / torch.linalg.vector_norm(U, dim=0).clamp_min(tiny(U.dtype))

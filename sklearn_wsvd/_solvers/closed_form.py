@@ -11,6 +11,10 @@ from ._common import tiny
 # larger ranks, the full SVD is as fast); like scikit-learn's TruncatedSVD, it
 # takes 5 power iterations and 10 extra vectors.
 RANDOMIZED_MIN_SIDE = 500
+# A revival (_common.revive) needs only the few singular pairs above the ridge and
+# has the exact SVD to fall back on: there the randomized SVD is tried from this
+# smaller side on, where for so few vectors it already costs less than LAPACK's.
+REVIVE_RANDOMIZED_MIN_SIDE = 128
 SVD_SOLVERS = ("auto", "full", "randomized")
 
 
