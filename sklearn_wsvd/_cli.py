@@ -139,6 +139,8 @@ def _task(requested, config, source) -> str:
         return out
 
     architectures = config.get("architectures") or []
+    if not (isinstance(architectures, list) and all(isinstance(a, str) for a in architectures)):
+        raise UsageError(f"{source}: architectures must be a list of names, got {architectures!r}")
     causal = any(
         a in names(auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) or a.endswith("ForCausalLM")
         for a in architectures

@@ -31,10 +31,11 @@ from ._solvers import (
     SOLVERS,
     SVD_SOLVERS,
     count_underdetermined,
+    energy,
     objective,
     resolve_solver,
     solve,
-    uniform_weight,
+    value_scale,
     weighted_row_solve,
 )
 from ._whitening import check_metric, left, metric_root, right
@@ -337,6 +338,11 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         C, C_inv = self._feature_root(X, reset=True, any_root=W is None or W.ndim == 1)
         # The whitened problem is a plain weighted one: every solver runs on it as is.
         Y = right(left(R, X), C)
+        if (R is not None or C is not None) and not torch.isfinite(Y).all():
+            raise ValueError(
+                f"X whitened by the metrics overflows dtype={self.dtype!r}; pass "
+                "dtype='float64' or rescale X or the metrics."
+            )
         W = _dense_weights(W, Y)
         init = self._check_init(m, n, X)
         if isinstance(init, tuple):
@@ -372,8 +378,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         # the weighted error (computing it again would cost a product and passes).
         penalty = self.alpha * float(factors.A.square().sum() + factors.B.square().sum())
         sse = max(min(factors.objective) - penalty, 0.0)
-        w = uniform_weight(W)
-        total = float(Y.square().sum()) * w if w is not None else float((W * Y.square()).sum())
+        total = energy(Y, W)
         dtype = numpy_dtype_like(X_in)
         self.components_ = to_numpy(Vt, dtype)
         self.singular_values_ = to_numpy(S, dtype)
@@ -447,7 +452,9 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             Scores with ``Z @ components_`` the reconstruction of ``X``.
         """
         check_is_fitted(self)
-        X_in, X, W = self._validate_input(X, sample_weight, sample_metric, reset=False)
+        X_in, X, W = self._validate_input(
+            X, sample_weight, sample_metric, reset=False, zero_weight_ok=True
+        )
         R, R_inv = self._sample_root(sample_metric, X)
         return output_like(self._project(X, W, R, R_inv), X_in)
 
@@ -467,6 +474,8 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         check_is_fitted(self)
         k = self.components_.shape[0]
         if is_tensor(X):
+            if not _holds_reals(X):
+                raise TypeError(f"X must hold real numbers, got a tensor of dtype {X.dtype}.")
             if X.ndim != 2 or X.shape[1] != k:
                 raise ValueError(
                     f"X has shape {tuple(X.shape)}, but inverse_transform expects "
@@ -520,7 +529,11 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         Z = self._project(X, W, R, R_inv)
         W = _dense_weights(W, X)
         V = to_tensor(self.components_, device=X.device, dtype=X.dtype)
-        sse = objective(right(left(R, X), C), W, left(R, Z), right(V, C))
+        Y, L = right(left(R, X), C), left(R, Z)
+        s = value_scale(Y)  # exact; keeps float32's squares of tiny or huge data finite
+        if s != 1.0:
+            Y, L = Y / s, L / s
+        sse = objective(Y, W, L, right(V, C)) * s * s
         return -sse / float(W.sum())
 
     def _project(self, X, W, R=None, R_inv=None):
@@ -580,6 +593,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             root, inverse = metric_root(
                 M, self.metric_damping, "feature_metric", symmetric=not any_root
             )
+            _check_root_range("feature_metric", X.dtype, root, inverse)
             self._feature_metric_root = to_numpy(root)
             return root, inverse
         if getattr(self, "_feature_metric_root", None) is None:
@@ -595,14 +609,17 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             return None, None
         M = check_metric(sample_metric, X.shape[0], "sample_metric", device=X.device)
         root, inverse = metric_root(M, self.metric_damping, "sample_metric", symmetric=not any_root)
+        _check_root_range("sample_metric", X.dtype, root, inverse)
         return (root.T, inverse.T) if root.ndim == 2 else (root, inverse)
 
-    def _validate_input(self, X, sample_weight, sample_metric=None, *, reset):
+    def _validate_input(self, X, sample_weight, sample_metric=None, *, reset, zero_weight_ok=False):
         """Return the user's (validated) X, X as a finite tensor, and the weights tensor.
 
         Missing entries (NaN where the weight is zero) are filled with zero. The
         weights tensor is None (uniform), 1-D (rows) or 2-D (entries). With a
-        metric every entry enters the error, so none may be missing.
+        metric every entry enters the error, so none may be missing. Weights that
+        are zero everywhere are an error unless ``zero_weight_ok`` (``transform``:
+        rows of zero weight get zero scores).
         """
         allow_nan = sample_weight is not None
         if is_tensor(X):
@@ -630,9 +647,14 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         device = resolve_device(self.device, like=X_in)
         dtype = resolve_dtype(self.dtype)
         X = to_tensor(X_in, device=device, dtype=dtype)
+        if torch.isinf(X).any():  # finite (checked above), so beyond the dtype's range
+            raise ValueError(
+                f"X has entries beyond the range of dtype={self.dtype!r} (largest "
+                f"{torch.finfo(dtype).max:.3g}); pass dtype='float64' or rescale X."
+            )
         if sample_weight is None:
             return X_in, X, None
-        W = _check_sample_weight(sample_weight, X)
+        W = _check_sample_weight(sample_weight, X, zero_weight_ok=zero_weight_ok)
         missing = ~torch.isfinite(X)
         if missing.any() and (self.feature_metric is not None or sample_metric is not None):
             raise ValueError(
@@ -658,6 +680,9 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         k = self.n_components
         if len(init) != 2:
             raise ValueError(f"init must be a pair (A0, B0), got a tuple of length {len(init)}.")
+        if not all(map(_holds_reals, init)):
+            dtypes = [str(f.dtype if is_tensor(f) else np.asarray(f).dtype) for f in init]
+            raise TypeError(f"init=(A0, B0) must hold real numbers, got dtypes {dtypes}.")
         A, B = (to_tensor(f, device=X.device, dtype=X.dtype) for f in init)
         if A.shape != (m, k) or B.shape != (k, n):
             raise ValueError(
@@ -679,6 +704,24 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         return tags
 
 
+def _holds_reals(x) -> bool:
+    if is_tensor(x):
+        return not (x.is_complex() or x.dtype == torch.bool)
+    return np.asarray(x).dtype.kind in "iuf"
+
+
+def _check_root_range(name, dtype, *roots):
+    """Name a metric whose square root (or its inverse) ``dtype`` cannot hold."""
+    info = torch.finfo(dtype)
+    for root in roots:
+        top = float(root.abs().max())
+        if top > info.max or 0 < top < info.tiny:
+            raise ValueError(
+                f"{name}'s square root or its inverse has entries of size {top:.3g}, beyond "
+                f"the range of {dtype}; pass dtype='float64' or rescale {name}."
+            )
+
+
 def _float_dtype(t):
     return t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
 
@@ -697,12 +740,16 @@ def _check_tensor_X(X, allow_nan):
         raise ValueError("Input X contains NaN or infinity.")
 
 
-def _check_sample_weight(sample_weight, X):
-    """Validate weights against the (tensor) X: shape, finiteness, sign, not all zero."""
+def _check_sample_weight(sample_weight, X, *, zero_weight_ok=False):
+    """Validate weights against the (tensor) X: shape, finiteness, sign, range, not all zero.
+
+    Checked in float64, then cast to ``X``'s dtype, so that weights beyond that
+    dtype's range are named as such.
+    """
     if is_tensor(sample_weight):
         if sample_weight.is_complex():
             raise TypeError("sample_weight must hold real numbers.")
-        W = sample_weight.detach().to(device=X.device, dtype=X.dtype, copy=True)
+        W = sample_weight
     else:
         W = check_array(
             sample_weight,
@@ -711,7 +758,7 @@ def _check_sample_weight(sample_weight, X):
             ensure_all_finite=False,
             input_name="sample_weight",
         )
-        W = to_tensor(W, device=X.device, dtype=X.dtype)
+    W = to_tensor(W, device=X.device, dtype=torch.float64)
     m, n = X.shape
     if tuple(W.shape) not in ((m,), (m, n)):
         raise ValueError(
@@ -726,9 +773,16 @@ def _check_sample_weight(sample_weight, X):
             f"sample_weight must be non-negative; it has {negative} negative entries "
             f"(smallest {float(W.min()):g})."
         )
-    if not (W > 0).any():
-        raise ValueError("sample_weight is zero everywhere: there is nothing to fit.")
-    return W
+    top, info = float(W.max()), torch.finfo(X.dtype)
+    if top == 0 and not zero_weight_ok:
+        raise ValueError("sample_weight is zero everywhere: there is nothing to fit or score.")
+    if top > info.max or 0 < top < info.tiny:
+        raise ValueError(
+            f"sample_weight's largest entry, {top:.3g}, is beyond the range of {X.dtype} "
+            f"({info.tiny:.3g} to {info.max:.3g}); pass dtype='float64' or rescale the "
+            "weights (alpha with them)."
+        )
+    return W.to(X.dtype)
 
 
 def _dense_weights(W, X):

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from sklearn.base import clone
 from sklearn.pipeline import Pipeline
-from sklearn.utils import check_array
+from sklearn.utils import check_array, check_scalar
 from sklearn.utils.metadata_routing import MetadataRequest
 
-from ._backend import to_tensor
+from ._backend import to_numpy, to_tensor
+from ._estimator import _check_sample_weight
 
 __all__ = ["HiddenEntryScorer", "alpha_path"]
 
@@ -242,8 +243,20 @@ def alpha_path(
     start = time.perf_counter()
     X = check_array(X, ensure_all_finite="allow-nan", dtype=np.float64)
     W = _dense(X, sample_weight)
-    if max_folds is not None and not (isinstance(max_folds, Integral) and max_folds >= 1):
-        raise ValueError(f"max_folds must be a positive int or None, got {max_folds!r}.")
+    check_scalar(n_folds, "n_folds", Integral, min_val=2)
+    for name, value in {"max_folds": max_folds, "patience": patience}.items():
+        if value is not None:
+            check_scalar(value, name, Integral, min_val=1)
+    if alphas is None:
+        check_scalar(n_alphas, "n_alphas", Integral, min_val=1)
+        check_scalar(eps, "eps", Real, min_val=0, max_val=1, include_boundaries="neither")
+    else:
+        alphas = np.asarray(alphas, dtype=np.float64)
+        if alphas.ndim != 1 or alphas.size == 0 or not np.all(np.isfinite(alphas) & (alphas >= 0)):
+            raise ValueError(
+                "alphas must be a non-empty 1-D list of finite non-negative penalties, "
+                f"got {alphas!r}."
+            )
     prefix = f"{estimator.steps[-1][0]}__" if isinstance(estimator, Pipeline) else ""
     last = estimator[-1] if prefix else estimator
     if alphas is None:  # alpha_max of the data as the last step sees it (centred, say)
@@ -303,8 +316,15 @@ def _spectral_norm(M) -> float:
 
 
 def _dense(X, sample_weight):
-    """Element-wise weights: one where ``X`` is finite when None, rows broadcast."""
+    """Element-wise weights, validated as the estimator's: one where ``X`` is finite when None."""
     if sample_weight is None:
         return np.isfinite(X).astype(np.float64)
-    W = check_array(sample_weight, ensure_2d=False, dtype=np.float64)
-    return np.broadcast_to(W[:, None] if W.ndim == 1 else W, X.shape)
+    W = to_numpy(_check_sample_weight(sample_weight, torch.from_numpy(X)))
+    W = np.broadcast_to(W[:, None] if W.ndim == 1 else W, X.shape)
+    bad = int((np.isnan(X) & (W > 0)).sum())
+    if bad:
+        raise ValueError(
+            f"X contains {bad} NaN entries where sample_weight is non-zero; NaN is allowed "
+            "only where the weight is zero (missing entries)."
+        )
+    return W

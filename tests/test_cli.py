@@ -99,6 +99,8 @@ def files(tmp_path_factory):
     (tmp / "nonempty").mkdir()
     (tmp / "nonempty" / "x").write_text("x")
     (tmp / "no_config").mkdir()
+    (tmp / "odd_config").mkdir()
+    (tmp / "odd_config" / "config.json").write_text('{"architectures": 5}')
     return tmp
 
 
@@ -138,6 +140,7 @@ def test_help_lists_every_option_with_its_default(capsys):
 BAD = [
     (["{missing}", "--ratio", "0.5"], "no such directory"),
     (["{tmp}/no_config", "--ratio", "0.5"], "has no config.json"),
+    (["{tmp}/odd_config", "--ratio", "0.5"], "architectures must be a list of names, got 5"),
     (["{tmp}/text.txt", "--ratio", "0.5"], "is not a directory"),
     (["{gpt2}", "--ratio", "1.5"], "argument --ratio: must be in (0, 1), got 1.5"),
     (["{gpt2}", "--ratio", "0"], "argument --ratio: must be in (0, 1)"),

@@ -261,8 +261,53 @@ def test_a_holdout_is_the_first_fold_of_the_cross_validation():
     full = alpha_path(est, X, W, max_folds=None, **kw)
     assert holdout["test_scores"].shape == (6, 1) and full["test_scores"].shape == (6, 5)
     np.testing.assert_allclose(holdout["test_scores"][:, 0], full["test_scores"][:, 0])
-    with pytest.raises(ValueError, match="max_folds must be a positive int or None"):
+    with pytest.raises(ValueError, match="max_folds == 0, must be >= 1"):
         alpha_path(est, X, W, max_folds=0)
+
+
+def _bad_completions():
+    X, W, _ = noisy_completion(m=30, n=8)
+    return (
+        [
+            ({"sample_weight": np.ones_like(W)}, ValueError, "NaN entries where sample_weight is"),
+            ({"sample_weight": W[:, :5]}, ValueError, r"sample_weight has shape \(30, 5\)"),
+            ({"sample_weight": np.ones(5)}, ValueError, r"sample_weight has shape \(5,\)"),
+            ({"sample_weight": -W}, ValueError, "sample_weight must be non-negative"),
+            ({"alphas": 1.0}, ValueError, "alphas must be a non-empty 1-D list"),
+            ({"alphas": []}, ValueError, "alphas must be a non-empty 1-D list"),
+            ({"alphas": [1.0, np.nan]}, ValueError, "alphas must be a non-empty 1-D list"),
+            ({"n_alphas": 0}, ValueError, "n_alphas == 0, must be >= 1"),
+            ({"eps": 0.0}, ValueError, "eps == 0.0, must be > 0"),
+            ({"n_folds": 1}, ValueError, "n_folds == 1, must be >= 2"),
+            ({"n_folds": 2.5}, TypeError, "n_folds must be an instance of int"),
+            ({"patience": 0}, ValueError, "patience == 0, must be >= 1"),
+        ],
+        X,
+        W,
+    )
+
+
+@pytest.mark.parametrize("case", range(12))
+def test_alpha_path_names_bad_input(case):
+    cases, X, W = _bad_completions()
+    kwargs, exc, match = cases[case]
+    with pytest.raises(exc, match=match):
+        alpha_path(WeightedTruncatedSVD(3), X, **{"sample_weight": W, "n_alphas": 3, **kwargs})
+
+
+def test_the_scorer_names_bad_weights_and_scores_rows_left_with_nothing():
+    X, W, _ = noisy_completion(m=30, n=8)
+    est = WeightedTruncatedSVD(3, alpha=1.0, random_state=0).fit(X, sample_weight=W)
+    scorer = HiddenEntryScorer()
+    with pytest.raises(ValueError, match=r"sample_weight has shape \(30, 3\)"):
+        scorer(est, X, sample_weight=W[:, :3])
+    with pytest.raises(ValueError, match="sample_weight must be non-negative"):
+        scorer(est, X, sample_weight=-W)
+    # A row whose one observed entry is hidden is folded in from nothing: zero, not an error.
+    row = np.full((1, 8), np.nan)
+    row[0, 2] = 1.5
+    score = HiddenEntryScorer(fraction=0.5, random_state=1)(est, row)
+    assert score == pytest.approx(-(1.5**2))
 
 
 def test_the_scorer_folds_in_through_a_pipeline():

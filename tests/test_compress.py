@@ -453,6 +453,19 @@ def test_risk_threshold_needs_the_iterative_fisher_method():
         compress_model(model, rank=2, risk_threshold=0.1, progress=False)
 
 
+def test_a_solver_is_checked_and_only_for_the_iterative_fisher_method():
+    with pytest.raises(ValueError, match="solver must be one of .*got 'bogus'"):
+        compress_model(mlp(), rank=2, method="tfwsvd", solver="bogus", progress=False)
+    with pytest.raises(ValueError, match="solver applies to the iterative 'tfwsvd' method only"):
+        compress_model(mlp(), rank=2, method="svd", solver="als", progress=False)
+
+
+@pytest.mark.parametrize("rank", [0, -1, 2.5])
+def test_a_low_rank_layer_needs_a_positive_integer_rank(rank):
+    with pytest.raises(ValueError, match="rank must be a positive int"):
+        LowRankLinear(4, 3, rank)
+
+
 def test_in_place_compression_lets_each_replaced_weight_go_at_once(monkeypatch):
     # Streaming: when a layer is replaced, no reference to an earlier layer's original
     # weight is left inside compress_model, so memory falls as the model shrinks.

@@ -248,10 +248,16 @@ def bad_inputs(X, W):
         (X, W, {"device": "tpu"}, ValueError, "not a valid torch device"),
         (torch.zeros(3), None, {}, ValueError, "Expected a 2D tensor"),
         (torch.zeros(3, 2, dtype=torch.complex64), None, {}, TypeError, "real numbers"),
+        # finite in float64, beyond float32's range: named, not an overflow deep in a solve
+        (X * 1e39, None, {}, ValueError, "X has entries beyond the range of dtype='float32'"),
+        (X, W * 1e300, {}, ValueError, "sample_weight's largest entry, .* is beyond the range"),
+        (X, W * 1e-300, {}, ValueError, "sample_weight's largest entry, .* is beyond the range"),
+        (X, W, {"feature_metric": np.full(12, 1e80)}, ValueError, "feature_metric's square root"),
+        (X, W, {"init": (1j * W[:, :2], W[:2])}, TypeError, r"init=\(A0, B0\) must hold real"),
     ]
 
 
-@pytest.mark.parametrize("case", range(21))
+@pytest.mark.parametrize("case", range(26))
 def test_bad_input_raises_a_clear_error(data, case):
     X, W = data
     X_in, W_in, params, exc, match = bad_inputs(X, W)[case]
@@ -291,6 +297,59 @@ def test_unfitted_and_mismatched_transform(data):
             est.inverse_transform(bad)
     with pytest.raises(ValueError, match="NaN or infinity"):
         est.inverse_transform(torch.tensor([[1.0, float("nan"), 0.0]]))
+    with pytest.raises(TypeError, match="X must hold real numbers"):  # not cast to real
+        est.inverse_transform(torch.ones(2, 3, dtype=torch.complex64))
+
+
+def test_rows_of_zero_weight_transform_to_zero_alone_or_in_a_batch(data):
+    X, W = data
+    est = WeightedTruncatedSVD(3, random_state=0).fit(X, sample_weight=W)
+    zero = np.zeros_like(W[:1])
+    np.testing.assert_array_equal(est.transform(X[:1], sample_weight=zero), 0.0)
+    batch = est.transform(X[:2], sample_weight=np.vstack([zero, W[1:2]]))
+    np.testing.assert_array_equal(batch[0], 0.0)
+    alone = est.transform(X[1:2], sample_weight=W[1:2])[0]
+    np.testing.assert_allclose(batch[1], alone, rtol=1e-5)
+    with pytest.raises(ValueError, match="nothing to fit or score"):
+        est.score(X[:1], sample_weight=zero)
+
+
+@pytest.mark.parametrize("solver", ["ncg", "als-cg", "rank1"])
+@pytest.mark.parametrize("scale", [2.0**-60, 1e-25, 1e19])
+def test_data_of_any_magnitude_gives_the_same_fit(data, solver, scale):
+    # In float32 the squares of data of size 1e-15 underflow and those of 1e19
+    # overflow: ncg stopped after two iterations 6% above the optimum at 1e-15
+    # (2^-50), and the error and explained variance came out 0, inf or NaN.
+    X, W = data
+    seen = []
+
+    def record(n_iter, A, B, objective):
+        seen.append((A @ B).numpy())
+
+    def fit(s, **kw):
+        est = WeightedTruncatedSVD(3, solver=solver, random_state=0, callback=record, **kw)
+        return est.fit(X * s, sample_weight=W)
+
+    ref, est = fit(1.0), fit(scale)
+    assert est.n_iter_ == ref.n_iter_
+    np.testing.assert_allclose(est.reconstruction_err_ / scale, ref.reconstruction_err_, rtol=1e-4)
+    np.testing.assert_allclose(
+        est.explained_weighted_variance_ratio_, ref.explained_weighted_variance_ratio_, rtol=1e-4
+    )
+    np.testing.assert_allclose(est.components_, ref.components_, atol=1e-4)
+    np.testing.assert_allclose(est.singular_values_ / scale, ref.singular_values_, rtol=1e-4)
+    score = est.score(X * scale, sample_weight=W) / scale**2
+    np.testing.assert_allclose(score, ref.score(X, sample_weight=W), rtol=1e-4)
+    if solver != "rank1":  # the callback sees the factors in the caller's units
+        last_ref, last = seen[ref.n_iter_ - 1], seen[-1]
+        np.testing.assert_allclose(last / scale, last_ref, rtol=1e-3, atol=1e-5)
+    # unweighted too, where the closed form's error was computed in float32
+    ref = WeightedTruncatedSVD(3).fit(X)
+    est = WeightedTruncatedSVD(3).fit(X * scale)
+    np.testing.assert_allclose(est.reconstruction_err_ / scale, ref.reconstruction_err_, rtol=1e-4)
+    np.testing.assert_allclose(
+        est.explained_weighted_variance_ratio_, ref.explained_weighted_variance_ratio_, rtol=1e-4
+    )
 
 
 # Property tests ---------------------------------------------------------------

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from ._common import Factors, objective, uniform_weight, weight_scale
+from ._common import Factors, energy, objective, uniform_weight, value_scale, weight_scale
 from .als import als, als_cg, weighted_row_solve
 from .closed_form import SVD_SOLVERS, fwsvd, rank1, rank_one_approximation, svd
 from .em import em
@@ -38,11 +38,13 @@ __all__ = [
     "complete_rank",
     "CLOSED_FORM",
     "count_underdetermined",
+    "energy",
     "INITS",
     "objective",
     "resolve_solver",
     "solve",
     "uniform_weight",
+    "value_scale",
     "weighted_row_solve",
 ]
 
@@ -108,8 +110,11 @@ def solve(
 
     The solvers see ``W / max(W)`` and ``alpha / max(W)``, the same problem in
     units where the largest weight is one, so that weights of any scale give the
-    same factors (and float32 neither overflows nor underflows on them). The
-    objectives reported are in the caller's units. A starting pair whose product
+    same factors (and float32 neither overflows nor underflows on them); data far
+    from unit size (:func:`~sklearn_wsvd._solvers._common.value_scale`: ``s``) is
+    divided by ``s``, exactly, with ``alpha / s`` and factors ``sqrt(s)`` times
+    smaller. The objectives reported, the factors returned and those the
+    ``callback`` sees are in the caller's units. A starting pair whose product
     has rank below ``k`` (zeros, say) is a saddle point from which no solver can
     move: its missing directions are filled by the ``"rank1"`` start fitted to the
     residual (:func:`complete_rank`). The history's seconds count from ``start``
@@ -117,36 +122,51 @@ def solve(
     preparation of the problem can be counted too.
     """
     start = time.perf_counter() if start is None else start
-    scale = weight_scale(W)
-    if scale != 1.0:
-        W, alpha = W / scale, alpha / scale
+    w_scale, x_scale = weight_scale(W), value_scale(X)
+    if w_scale != 1.0:
+        W, alpha = W / w_scale, alpha / w_scale
+    if x_scale != 1.0:
+        root = x_scale**0.5  # a power of two: every rescaling is exact
+        X, alpha = X / x_scale, alpha / x_scale
+        if isinstance(init, tuple):
+            init = (init[0] / root, init[1] / root)
+        if callback is not None:
+            user_callback = callback
+
+            def callback(n_iter, A, B, f):
+                return user_callback(n_iter, A * root, B * root, f)
+
+    scale = w_scale * x_scale**2  # of the objectives, back to the caller's units
     if solver in CLOSED_FORM:
         A, B = CLOSED_FORM[solver](X, W, k, alpha, svd_solver)
         f = objective(X, W, A, B, alpha) * scale
-        return Factors(A, B, 1, [f], [time.perf_counter() - start])
-    if svd_solver == "auto" and min(X.shape) >= RANDOMIZED_START_MIN_SIDE:
-        svd_solver = "randomized"  # a start need not be exact (randomized only where 4k <= side)
-    if isinstance(init, tuple):
-        options = {**WARM_START_OPTIONS.get(solver, {}), **options}
-        A, B = complete_rank(X, W, *init, alpha, svd_solver)
-    elif init == "random":
-        A, B = _random_init(X, k, torch.Generator().manual_seed(seed))
+        factors = Factors(A, B, 1, [f], [time.perf_counter() - start])
     else:
-        A, B = CLOSED_FORM[init](X, W, k, alpha, svd_solver)
-    max_iter = DEFAULT_MAX_ITER[solver] if max_iter is None else max_iter
-    return ITERATIVE[solver](
-        X,
-        W,
-        *balance(A, B),
-        alpha=alpha,
-        max_iter=max_iter,
-        tol=tol,
-        init_seconds=time.perf_counter() - start,
-        callback=callback,
-        verbose=verbose,
-        scale=scale,
-        **options,
-    )
+        if svd_solver == "auto" and min(X.shape) >= RANDOMIZED_START_MIN_SIDE:
+            svd_solver = "randomized"  # a start need not be exact (randomized where 4k <= side)
+        if isinstance(init, tuple):
+            options = {**WARM_START_OPTIONS.get(solver, {}), **options}
+            A, B = complete_rank(X, W, *init, alpha, svd_solver)
+        elif init == "random":
+            A, B = _random_init(X, k, torch.Generator().manual_seed(seed))
+        else:
+            A, B = CLOSED_FORM[init](X, W, k, alpha, svd_solver)
+        factors = ITERATIVE[solver](
+            X,
+            W,
+            *balance(A, B),
+            alpha=alpha,
+            max_iter=DEFAULT_MAX_ITER[solver] if max_iter is None else max_iter,
+            tol=tol,
+            init_seconds=time.perf_counter() - start,
+            callback=callback,
+            verbose=verbose,
+            scale=scale,
+            **options,
+        )
+    if x_scale != 1.0:
+        factors = factors._replace(A=factors.A * root, B=factors.B * root)
+    return factors
 
 
 def balance(A, B):

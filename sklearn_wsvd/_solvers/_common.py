@@ -77,6 +77,34 @@ def weight_scale(W) -> float:
     return scale if 0.0 < scale < math.inf else 1.0
 
 
+# Data whose largest magnitude lies between these needs no rescaling: the solvers'
+# fourth powers of it (an exact line search's coefficients) stay far inside float32.
+_SAFE_MAGNITUDE = (2.0**-16, 2.0**16)
+
+
+def value_scale(X) -> float:
+    """A power of four near ``max |X|`` where that lies outside ``[2^-16, 2^16]``, else 1.
+
+    Dividing by it is exact in binary floating point and puts the data where its
+    squares and fourth powers neither underflow nor overflow (float32 data of
+    size 1e-15, say, whose objective would round to zero); 1 for zero data.
+    """
+    top = float(torch.linalg.vector_norm(X, math.inf)) if X.numel() else 0.0
+    if top == 0.0 or _SAFE_MAGNITUDE[0] <= top <= _SAFE_MAGNITUDE[1]:
+        return 1.0
+    return 4.0 ** round(math.log(top, 4))
+
+
+def energy(X, W) -> float:
+    """``sum W X**2`` as a Python float, without the dtype's under- or overflow of the squares."""
+    s = value_scale(X)
+    if s != 1.0:
+        X = X / s
+    w = uniform_weight(W)
+    value = float(X.square().sum()) * w if w is not None else float((W * X.square()).sum())
+    return value * s * s
+
+
 def rounding_ridge(trace, k: int, dtype: torch.dtype):
     """Weight ``lam`` of the ridge ``lam |a|^2`` that each least-squares solve adds.
 
@@ -146,7 +174,7 @@ def iterate(
     f = objective(X, W, A, B, alpha)
     best = (f, A, B)
     eps = torch.finfo(X.dtype).eps
-    energy = objective(X, W, X.new_zeros(X.shape[0], 1), X.new_zeros(1, X.shape[1]))
+    total = energy(X, W)
     history, seconds = [f * scale], [init_seconds]
     start = time.perf_counter() - init_seconds
     converged = stopped = False
@@ -177,7 +205,7 @@ def iterate(
                 stopped = True
                 break
             low, high = sorted((abs(f_prev), abs(f)))
-            noise = eps * math.sqrt(high * energy)
+            noise = eps * math.sqrt(high * total)
             stalled = abs(f_prev - f) <= tol * low + noise
             stalls = stalls + 1 if stalled else 0
             if stalls >= patience:

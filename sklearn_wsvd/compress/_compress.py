@@ -13,6 +13,7 @@ from joblib import Parallel, delayed
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._solvers import SOLVERS
 from ..metrics import loss_estimate, output_error
 from ._format import aliases
 from ._sequential import (
@@ -268,6 +269,8 @@ def compress_model(
         raise ValueError(f"min_saving must be a fraction in [0, 1), got {min_saving!r}.")
     if statistics is not None and importance is not None:
         raise ValueError("Give statistics or importance, not both.")
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}.")
     if not isinstance(sequential, (bool, str)) or sequential not in SEQUENTIAL_MODES:
         raise ValueError(
             f"sequential must be False, True, 'refit' or 'reweight', got {sequential!r}."
@@ -309,6 +312,8 @@ def compress_model(
             raise ValueError(f"statistics has no entry for the target layers {missing}.")
         statistics = {n: statistics[n] for n in names}
     method = _resolve_method(method, statistics, provided=("inputs",) if sequential else ())
+    if solver != "auto" and method != "tfwsvd":
+        raise ValueError(f"solver applies to the iterative 'tfwsvd' method only, not {method!r}.")
     if risk_threshold is not None and method != "tfwsvd":
         raise ValueError(
             f"risk_threshold applies to the iterative 'tfwsvd' method only, not {method!r}."

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import sys
 import warnings
+from numbers import Integral
 
 import torch
 from torch import nn
@@ -63,6 +64,8 @@ class LowRankLinear(nn.Module):
     """
 
     def __init__(self, in_features, out_features, rank, bias=True, device=None, dtype=None):
+        if not (isinstance(rank, Integral) and rank >= 1):
+            raise ValueError(f"rank must be a positive int, got {rank!r}.")
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
