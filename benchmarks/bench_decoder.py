@@ -115,9 +115,11 @@ def main():
         payload["rows"] = sorted(
             rows.values(), key=lambda r: (-r["kept"], list(CONFIGS).index(r["method"]))
         )
+        # A file that is itself a merge contributes the runs it was merged from.
         payload["merged_from"] = [
-            {"file": p, "provenance": r["provenance"]}
+            source
             for p, r in zip(args.merge, runs, strict=True)
+            for source in r.get("merged_from", [{"file": p, "provenance": r["provenance"]}])
         ]
         write_results("decoder", payload)
         return
