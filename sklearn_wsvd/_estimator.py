@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from numbers import Integral, Real
@@ -36,6 +37,7 @@ from ._solvers import (
     resolve_solver,
     solve,
     value_scale,
+    weight_scale,
     weighted_row_solve,
 )
 from ._whitening import check_metric, left, metric_root, right
@@ -364,7 +366,12 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             start=start,
         )
         A, B = left(R_inv, factors.A), right(factors.B, C_inv)
-        Z, S, Vt = _svd_of_product(A, B, W.mean(dim=1))
+        # in units (exact) where the products below and the row sums of W stay in range
+        s, w = value_scale(X), weight_scale(W)
+        w = w if w > 2.0**16 else 1.0
+        row_weight = W.mean(dim=1) if w == 1.0 else (W / w).mean(dim=1)
+        Z, S, Vt = _svd_of_product(A / s**0.5, B / s**0.5, row_weight)
+        Z, S = Z * s, S * (s * w**0.5)
         self._ridge_basis = self._ridge_map = None
         if self.alpha > 0:
             # What transform needs to fold rows in under the same ridge: the fit's
@@ -376,7 +383,11 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             self._ridge_map = to_numpy(right(basis, C_inv) @ Vt.T)
         # The best objective the solver saw is that of these factors: less the ridge,
         # the weighted error (computing it again would cost a product and passes).
-        penalty = self.alpha * float(factors.A.square().sum() + factors.B.square().sum())
+        penalty = (
+            self.alpha * float(factors.A.square().sum() + factors.B.square().sum())
+            if self.alpha
+            else 0.0
+        )
         sse = max(min(factors.objective) - penalty, 0.0)
         total = energy(Y, W)
         dtype = numpy_dtype_like(X_in)
@@ -530,9 +541,13 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         W = _dense_weights(W, X)
         V = to_tensor(self.components_, device=X.device, dtype=X.dtype)
         Y, L = right(left(R, X), C), left(R, Z)
-        s = value_scale(Y)  # exact; keeps float32's squares of tiny or huge data finite
+        # Exact rescalings that keep float32's squares of tiny or huge data, and its
+        # products with huge weights, in range (the score is a ratio in the weights).
+        s = value_scale(Y)
         if s != 1.0:
             Y, L = Y / s, L / s
+        if weight_scale(W) > 2.0**16:
+            W = W / weight_scale(W)
         sse = objective(Y, W, L, right(V, C)) * s * s
         return -sse / float(W.sum())
 
@@ -570,12 +585,15 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         M = to_tensor(self._ridge_map, device=X.device, dtype=X.dtype)
         C, _ = self._feature_root(X)  # the root B was fitted in
         Y = right(left(R, X), C)
+        # Y = s Y', B = sqrt(s) B' and alpha / s give the coordinates sqrt(s) c' (exact)
+        s = value_scale(Y)
+        Y, B, alpha = Y / s, B / s**0.5, self.alpha / s
         if W is None or W.ndim == 1:
             r = 1.0 if W is None else W[:, None]
-            c = r * (Y @ B.T) / (r * B.square().sum(1) + self.alpha)
+            c = r * (Y @ B.T) / (r * B.square().sum(1) + alpha)
         else:
-            c = weighted_row_solve(Y, W, B, torch.zeros_like(Y[:, : len(B)]), alpha=self.alpha)
-        return left(R_inv, c) @ M
+            c = weighted_row_solve(Y, W, B, torch.zeros_like(Y[:, : len(B)]), alpha=alpha)
+        return left(R_inv, c * s**0.5) @ M
 
     def _feature_root(self, X, *, reset=False, any_root=False, symmetric=False):
         """The feature metric's root (and, at fit, its inverse) as float64 tensors, or None.
@@ -647,14 +665,18 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         device = resolve_device(self.device, like=X_in)
         dtype = resolve_dtype(self.dtype)
         X = to_tensor(X_in, device=device, dtype=dtype)
-        if torch.isinf(X).any():  # finite (checked above), so beyond the dtype's range
+        W = None
+        if sample_weight is not None:
+            W = _check_sample_weight(sample_weight, X, zero_weight_ok=zero_weight_ok)
+        # X is finite (checked above) where it counts: infinite there means beyond the dtype
+        overflow = torch.isinf(X) if W is None else torch.isinf(X) & _observed(W)
+        if overflow.any():
             raise ValueError(
                 f"X has entries beyond the range of dtype={self.dtype!r} (largest "
                 f"{torch.finfo(dtype).max:.3g}); pass dtype='float64' or rescale X."
             )
-        if sample_weight is None:
+        if W is None:
             return X_in, X, None
-        W = _check_sample_weight(sample_weight, X, zero_weight_ok=zero_weight_ok)
         missing = ~torch.isfinite(X)
         if missing.any() and (self.feature_metric is not None or sample_metric is not None):
             raise ValueError(
@@ -662,7 +684,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 "feature_metric or sample_metric every entry enters the error, so no entry "
                 "can be missing."
             )
-        observed = W > 0 if W.ndim == 2 else (W > 0)[:, None]
+        observed = _observed(W)
         bad = missing & observed
         if bad.any():
             raise ValueError(
@@ -704,6 +726,11 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         return tags
 
 
+def _observed(W):
+    """Where element-wise (2-D) or row (1-D) weights are positive, broadcastable to X."""
+    return W > 0 if W.ndim == 2 else (W > 0)[:, None]
+
+
 def _holds_reals(x) -> bool:
     if is_tensor(x):
         return not (x.is_complex() or x.dtype == torch.bool)
@@ -741,48 +768,48 @@ def _check_tensor_X(X, allow_nan):
 
 
 def _check_sample_weight(sample_weight, X, *, zero_weight_ok=False):
-    """Validate weights against the (tensor) X: shape, finiteness, sign, range, not all zero.
+    """Validate weights against the (tensor) X: shape, sign, range, finiteness, not all zero.
 
-    Checked in float64, then cast to ``X``'s dtype, so that weights beyond that
-    dtype's range are named as such.
+    Sign and range are read from the weights as given, before the cast to
+    ``X``'s dtype, so that weights beyond that dtype's range are named as such.
     """
     if is_tensor(sample_weight):
         if sample_weight.is_complex():
             raise TypeError("sample_weight must hold real numbers.")
-        W = sample_weight
+        source = sample_weight.detach()
     else:
-        W = check_array(
+        source = check_array(
             sample_weight,
             ensure_2d=False,
             dtype=[np.float64, np.float32],
             ensure_all_finite=False,
             input_name="sample_weight",
         )
-    W = to_tensor(W, device=X.device, dtype=torch.float64)
     m, n = X.shape
-    if tuple(W.shape) not in ((m,), (m, n)):
+    if tuple(source.shape) not in ((m,), (m, n)):
         raise ValueError(
-            f"sample_weight has shape {tuple(W.shape)}, but X has shape {(m, n)}: expected "
+            f"sample_weight has shape {tuple(source.shape)}, but X has shape {(m, n)}: expected "
             f"({m},) for row weights or {(m, n)} for element-wise weights."
         )
-    if not torch.isfinite(W).all():
-        raise ValueError("sample_weight contains NaN or infinite values.")
-    negative = int((W < 0).sum())
-    if negative:
+    low, top = float(source.min()), float(source.max())  # NaN where any is NaN
+    if low < 0:
         raise ValueError(
-            f"sample_weight must be non-negative; it has {negative} negative entries "
-            f"(smallest {float(W.min()):g})."
+            f"sample_weight must be non-negative; it has {int((source < 0).sum())} negative "
+            f"entries (smallest {low:g})."
         )
-    top, info = float(W.max()), torch.finfo(X.dtype)
-    if top == 0 and not zero_weight_ok:
-        raise ValueError("sample_weight is zero everywhere: there is nothing to fit or score.")
-    if top > info.max or 0 < top < info.tiny:
+    info = torch.finfo(X.dtype)
+    if math.isfinite(top) and (top > info.max or 0 < top < info.tiny):
         raise ValueError(
             f"sample_weight's largest entry, {top:.3g}, is beyond the range of {X.dtype} "
             f"({info.tiny:.3g} to {info.max:.3g}); pass dtype='float64' or rescale the "
             "weights (alpha with them)."
         )
-    return W.to(X.dtype)
+    W = to_tensor(source, device=X.device, dtype=X.dtype)
+    if not torch.isfinite(W).all():
+        raise ValueError("sample_weight contains NaN or infinite values.")
+    if top == 0 and not zero_weight_ok:
+        raise ValueError("sample_weight is zero everywhere: there is nothing to fit or score.")
+    return W
 
 
 def _dense_weights(W, X):

@@ -315,19 +315,23 @@ def test_rows_of_zero_weight_transform_to_zero_alone_or_in_a_batch(data):
 
 
 @pytest.mark.parametrize("solver", ["ncg", "als-cg", "rank1"])
-@pytest.mark.parametrize("scale", [2.0**-60, 1e-25, 1e19])
-def test_data_of_any_magnitude_gives_the_same_fit(data, solver, scale):
+@pytest.mark.parametrize("scale", [2.0**-60, 1e-25, 1e25, 1e36])
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_data_of_any_magnitude_gives_the_same_fit(data, solver, scale, alpha):
     # In float32 the squares of data of size 1e-15 underflow and those of 1e19
     # overflow: ncg stopped after two iterations 6% above the optimum at 1e-15
-    # (2^-50), and the error and explained variance came out 0, inf or NaN.
+    # (2^-50), and the error and explained variance came out 0, inf or NaN. The
+    # problem scaled by s (alpha by s too) has the solution scaled by s.
     X, W = data
     seen = []
 
     def record(n_iter, A, B, objective):
-        seen.append((A @ B).numpy())
+        seen.append(((A @ B).numpy(), objective))
 
-    def fit(s, **kw):
-        est = WeightedTruncatedSVD(3, solver=solver, random_state=0, callback=record, **kw)
+    def fit(s, init=None):
+        est = WeightedTruncatedSVD(
+            3, solver=solver, alpha=alpha * s, init=init, random_state=0, callback=record
+        )
         return est.fit(X * s, sample_weight=W)
 
     ref, est = fit(1.0), fit(scale)
@@ -340,16 +344,43 @@ def test_data_of_any_magnitude_gives_the_same_fit(data, solver, scale):
     np.testing.assert_allclose(est.singular_values_ / scale, ref.singular_values_, rtol=1e-4)
     score = est.score(X * scale, sample_weight=W) / scale**2
     np.testing.assert_allclose(score, ref.score(X, sample_weight=W), rtol=1e-4)
-    if solver != "rank1":  # the callback sees the factors in the caller's units
-        last_ref, last = seen[ref.n_iter_ - 1], seen[-1]
-        np.testing.assert_allclose(last / scale, last_ref, rtol=1e-3, atol=1e-5)
-    # unweighted too, where the closed form's error was computed in float32
-    ref = WeightedTruncatedSVD(3).fit(X)
-    est = WeightedTruncatedSVD(3).fit(X * scale)
+    Z = est.transform(X * scale, sample_weight=W) / scale  # under the ridge where alpha > 0
+    np.testing.assert_allclose(Z, ref.transform(X, sample_weight=W), rtol=1e-3, atol=1e-4)
+    if solver == "rank1":
+        return
+    # the callback sees factors and objectives in the caller's units
+    (L_ref, f_ref), (L, f) = seen[ref.n_iter_ - 1], seen[-1]
+    np.testing.assert_allclose(L / scale, L_ref, rtol=1e-3, atol=1e-5)
+    assert f / scale**2 == pytest.approx(f_ref, rel=1e-4)
+    # a start given in the caller's units
+    rng = np.random.default_rng(1)
+    A0, B0 = rng.normal(size=(30, 3)), rng.normal(size=(3, 12))
+    ref, est = fit(1.0, (A0, B0)), fit(scale, (A0 * scale**0.5, B0 * scale**0.5))
+    assert est.n_iter_ == ref.n_iter_
     np.testing.assert_allclose(est.reconstruction_err_ / scale, ref.reconstruction_err_, rtol=1e-4)
+
+
+def test_weights_near_the_top_of_float32_give_the_same_fit(data):
+    X, W = data
+    ref = WeightedTruncatedSVD(3, random_state=0).fit(X, sample_weight=W)
+    est = WeightedTruncatedSVD(3, random_state=0).fit(X, sample_weight=W * 1e37)
+    np.testing.assert_allclose(est.components_, ref.components_, atol=1e-4)
     np.testing.assert_allclose(
         est.explained_weighted_variance_ratio_, ref.explained_weighted_variance_ratio_, rtol=1e-4
     )
+    np.testing.assert_allclose(
+        est.score(X, sample_weight=W * 1e37), ref.score(X, sample_weight=W), rtol=1e-4
+    )
+
+
+def test_metrics_beyond_float32_are_named(data):
+    X, W = data
+    with pytest.raises(ValueError, match="sample_metric's square root"):
+        WeightedTruncatedSVD(2).fit(X, sample_metric=np.full(30, 1e-80))
+    with pytest.raises(ValueError, match="X whitened by the metrics overflows dtype='float32'"):
+        WeightedTruncatedSVD(2, feature_metric=np.full(12, 1e38)).fit(X * 1e20)
+    # float64 holds them
+    WeightedTruncatedSVD(2, dtype="float64").fit(X, sample_metric=np.full(30, 1e-80))
 
 
 # Property tests ---------------------------------------------------------------

@@ -45,6 +45,7 @@ __all__ = [
     "solve",
     "uniform_weight",
     "value_scale",
+    "weight_scale",
     "weighted_row_solve",
 ]
 
@@ -136,7 +137,7 @@ def solve(
             def callback(n_iter, A, B, f):
                 return user_callback(n_iter, A * root, B * root, f)
 
-    scale = w_scale * x_scale**2  # of the objectives, back to the caller's units
+    scale = w_scale * x_scale * x_scale  # of the objectives, back to the caller's units
     if solver in CLOSED_FORM:
         A, B = CLOSED_FORM[solver](X, W, k, alpha, svd_solver)
         f = objective(X, W, A, B, alpha) * scale

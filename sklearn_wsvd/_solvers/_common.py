@@ -87,22 +87,33 @@ def value_scale(X) -> float:
 
     Dividing by it is exact in binary floating point and puts the data where its
     squares and fourth powers neither underflow nor overflow (float32 data of
-    size 1e-15, say, whose objective would round to zero); 1 for zero data.
+    size 1e-15, say, whose objective would round to zero); 1 for zero data. The
+    power and its reciprocal are normal numbers of ``X``'s dtype.
     """
     top = float(torch.linalg.vector_norm(X, math.inf)) if X.numel() else 0.0
     if top == 0.0 or _SAFE_MAGNITUDE[0] <= top <= _SAFE_MAGNITUDE[1]:
         return 1.0
-    return 4.0 ** round(math.log(top, 4))
+    limit = (int(math.log2(torch.finfo(X.dtype).max)) - 1) // 2  # 63 in float32
+    return 4.0 ** min(max(round(math.log(top, 4)), -limit), limit)
 
 
 def energy(X, W) -> float:
-    """``sum W X**2`` as a Python float, without the dtype's under- or overflow of the squares."""
+    """``sum W X**2`` as a Python float, without the dtype's under- or overflow.
+
+    The data are divided by :func:`value_scale` and, where the largest weight is
+    beyond ``2^16``, the weights by it.
+    """
     s = value_scale(X)
-    if s != 1.0:
-        X = X / s
+    squares = X.square() if s == 1.0 else (X / s).square_()
     w = uniform_weight(W)
-    value = float(X.square().sum()) * w if w is not None else float((W * X.square()).sum())
-    return value * s * s
+    if w is None:
+        w = weight_scale(W)
+        if w <= _SAFE_MAGNITUDE[1]:
+            squares.mul_(W)
+            w = 1.0
+        else:
+            squares.mul_(W / w)
+    return float(squares.sum()) * w * s * s
 
 
 def rounding_ridge(trace, k: int, dtype: torch.dtype):
