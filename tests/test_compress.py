@@ -526,3 +526,71 @@ print(status_mib("VmHWM") - loaded)
     )
     extra_mib = float(out.stdout.split()[-1])
     assert extra_mib < 40, extra_mib
+
+
+# Found by an adversarial review of the compression API ------------------------
+
+
+def test_auto_method_reads_a_generators_first_batch_without_losing_it():
+    model, batches = tiny_bert(), token_batches(n_batches=3)
+    as_list, _ = compress_model(model, rank=4, batches=batches, progress=False)
+    as_generator, _ = compress_model(model, rank=4, batches=iter(batches), progress=False)
+    for a, b in zip(as_list.parameters(), as_generator.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    compress_model(model, rank=4, batches=iter(batches[:1]), progress=False)  # not "empty"
+
+
+def test_sequential_passes_run_without_dropout_and_every_mode_is_restored():
+    model = tiny_bert().train()
+    model.bert.embeddings.eval()  # a mixed state, as a user may leave it
+    batches = token_batches()
+    kw = dict(rank=4, method="svd-llm", batches=batches, sequential=True, progress=False)
+    runs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)  # dropout would draw other masks
+        runs.append(compress_model(model, **kw)[0])
+    for a, b in zip(runs[0].parameters(), runs[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    small = runs[0]
+    assert small.training and not small.bert.embeddings.training
+    assert small.bert.encoder.layer[0].attention.self.query.training  # the new layers too
+
+
+def test_replaced_layers_keep_requires_grad():
+    model = tiny_bert()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.classifier.weight.requires_grad_(True)
+    small, _ = compress_model(model, ratio=0.4, method="svd", progress=False)
+    trainable = {n for n, p in small.named_parameters() if p.requires_grad}
+    assert trainable == {"classifier.in_proj.weight", "classifier.out_proj.weight"}
+
+
+def test_compressing_twice_leaves_the_low_rank_layers_as_they_are():
+    model = tiny_bert()
+    kw = dict(ratio=0.3, method="svd", progress=False)
+    once, _ = compress_model(model, exclude_modules=["classifier"], **kw)
+    twice, report = compress_model(once, **kw)
+    assert [r.name for r in report.layers] == ["classifier"]
+    names = [n for n, m in twice.named_modules() if isinstance(m, LowRankLinear)]
+    assert not any(".in_proj" in n or ".out_proj" in n for n in names)
+    with pytest.raises(ValueError, match="the model's linear layers are: none"):
+        compress_model(twice, **kw)
+
+
+@pytest.mark.parametrize(
+    ("size", "match"),
+    [
+        ({"ratio": True}, "ratio must be a number in"),
+        ({"param_budget": True}, "param_budget must be a count of weights"),
+        ({"rank": {"0": 2.9, "2": 2, "4": 2}}, "rank's values must be integers"),
+    ],
+)
+def test_sizes_of_the_wrong_type_are_named(size, match):
+    with pytest.raises(ValueError, match=match):
+        compress_model(mlp(), method="svd", progress=False, **size)
+
+
+def test_rank_entries_for_layers_that_are_not_targets_are_named():
+    with pytest.warns(UserWarning, match=r"not targets, left as they are: \['9'\]"):
+        compress_model(mlp(), rank={"0": 2, "2": 2, "4": 2, "9": 2}, method="svd", progress=False)

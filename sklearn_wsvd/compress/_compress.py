@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 import warnings
 from collections.abc import Mapping
@@ -204,8 +205,11 @@ def compress_model(
         methods: a shorthand for statistics holding only that.
     target_modules, exclude_modules : str, list of str or None
         A regex on the whole name, or exact names / dotted suffixes; exclusions
-        win; the output head is skipped; an empty match is an error. Layers
-        whose weight is tied to another module's are skipped with a warning.
+        win; the output head (``get_output_embeddings()``, a language model's
+        vocabulary projection) is skipped, a classifier's head is not (exclude
+        it by name, as the CLI does); an empty match is an error. Layers whose
+        weight is tied to another module's (with a warning) and the factors of
+        layers already low-rank are skipped.
     filter_fn : callable, optional
         ``filter_fn(module, name) -> bool``, a further choice of layers.
     min_saving : float, default=0.1
@@ -263,7 +267,9 @@ def compress_model(
     start = time.perf_counter()
     if sum(x is not None for x in (rank, ratio, param_budget)) != 1:
         raise ValueError("Give exactly one of rank, ratio or param_budget.")
-    if ratio is not None and not (isinstance(ratio, Real) and 0 < ratio <= 1):
+    if ratio is not None and not (
+        isinstance(ratio, Real) and not isinstance(ratio, bool) and 0 < ratio <= 1
+    ):
         raise ValueError(f"ratio must be a number in (0, 1], got {ratio!r}.")
     if not (isinstance(min_saving, Real) and 0 <= min_saving < 1):
         raise ValueError(f"min_saving must be a fraction in [0, 1), got {min_saving!r}.")
@@ -287,7 +293,7 @@ def compress_model(
     if importance is not None:
         statistics = statistics_from_importance(importance, shapes)
     if statistics is None and batches is not None:
-        method = _method_for_batches(method, batches, loss_fn)
+        method, batches = _method_for_batches(method, batches, loss_fn)
     elif method == "auto":
         method = _resolve_method(method, statistics, provided=("inputs",) if reusable else ())
     _check_sequential(sequential, method)
@@ -348,6 +354,11 @@ def compress_model(
     # Full passes of the original model need the original layers back: keep them only then.
     swaps = sequential and any(runner is None or runner.block_of(g) is None for g in groups)
     replace = _Replacer(model, keep_originals=swaps)
+    # Dropout off in the sequential passes; every module's own mode is put back after
+    # (by name: holding the modules would keep the replaced layers' weights alive).
+    modes = {name: module.training for name, module in model.named_modules()}
+    if sequential:
+        model.eval()
     stats = statistics or {}
 
     def inputs(name, paired):
@@ -397,6 +408,8 @@ def compress_model(
         if block is not None:
             runner.advance(block)
     bar.close()
+    for name, module in model.named_modules():
+        module.training = modes.get(name, module.training)
     report.model_params_after = _count(model)
     report.seconds = time.perf_counter() - start
     return model, report
@@ -411,12 +424,18 @@ class _Replacer:
         self.aliases = _aliases(model)
         self.keep_originals = keep_originals
         self.done = {}
+        self.training = {name: m.training for name, m in self.modules.items()}
 
     def __call__(self, name, A, B):
+        """Replace layer ``name`` by ``A @ B``, in its mode, trainable where it was."""
         old = self.modules.pop(name)
         weight = dense_weight(old)
         new = LowRankLinear.from_factors(A.to(weight), B.to(weight), old.bias)
-        new.train(old.training)
+        new.train(self.training[name])
+        for p in (new.in_proj.weight, new.out_proj.weight):
+            p.requires_grad_(weight.requires_grad)
+        if old.bias is not None:
+            new.out_proj.bias.requires_grad_(old.bias.requires_grad)
         if self.keep_originals:
             self.done[name] = (old, new)
         self._set(name, new)
@@ -475,12 +494,19 @@ def _check_sequential(sequential, method):
 
 
 def _method_for_batches(method, batches, loss_fn):
-    """``"auto"`` with batches: the default when the batches define a loss, else inputs only."""
+    """``"auto"`` with batches: the default when the batches define a loss, else inputs only.
+
+    Returns the method and the batches, the first put back where reading it
+    consumed it (a generator).
+    """
     if method != "auto":
-        return method
-    first = next(iter(batches), None)
+        return method, batches
+    iterator = iter(batches)
+    first = next(iterator, None)
+    if iterator is batches and first is not None:
+        batches = itertools.chain([first], iterator)
     has_loss = loss_fn is not None or (isinstance(first, Mapping) and "labels" in first)
-    return DEFAULT_METHOD if has_loss else "svd-llm"
+    return (DEFAULT_METHOD if has_loss else "svd-llm"), batches
 
 
 def _resolve_method(method, statistics, provided=()):

@@ -117,36 +117,54 @@ class BlockRunner:
     """Runs a transformer stack block by block on cached hidden states, as GPTQ does.
 
     The inputs (positional and keyword: attention mask, rotary embeddings...) of
-    the first block are captured once per batch; from then on only the block at
-    hand runs, on the hidden states of the original and of the compressed model,
-    so sequential calibration costs about three forward passes in all instead
-    of one per block. Only for stages that are consecutive elements of one
-    ``nn.ModuleList``, starting with its first; other stages use full passes.
+    every block are captured once per batch, in one pass of the original model
+    that stops before the last block: each block has its own (a sliding-window
+    layer's mask, T5's position bias passed on from the first block). From then
+    on only the block at hand runs, on the hidden states of the original and of
+    the compressed model, so sequential calibration costs about four forward
+    passes in all instead of one per block. Only for stages that are
+    consecutive elements of one ``nn.ModuleList``, starting with its first;
+    other stages use full passes.
     """
 
     def __init__(self, model, blocks, batches, loss_fn):
         self.blocks = blocks  # name -> module, in order
-        self.inputs = []  # per batch: (args, kwargs) of the first block
+        self.index = {name: i for i, name in enumerate(blocks)}
+        self.inputs = []  # per batch, per block: (args, kwargs), hidden states args[0]
         self._next_original = []
-        first = next(iter(blocks.values()))
+        last = len(blocks) - 1
 
-        def capture(module, args, kwargs):
-            self.inputs.append((args, kwargs))
-            raise _StageDone
+        def capture(i):
+            def hook(module, args, kwargs):
+                self.inputs[-1].append((args, kwargs))
+                if i == last:
+                    raise _StageDone
 
-        handle = first.register_forward_pre_hook(capture, with_kwargs=True)
+            return hook
+
+        handles = [
+            block.register_forward_pre_hook(capture(i), with_kwargs=True)
+            for i, block in enumerate(blocks.values())
+        ]
         try:
             with torch.no_grad():
                 for batch in batches:
+                    self.inputs.append([])
                     try:
                         _run(model, batch, loss_fn)
                     except _StageDone:
                         pass
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
         self.masks = [_token_mask(batch) for batch in batches]
-        self.original = [args[0] for args, _ in self.inputs]
+        self.original = [inputs[0][0][0] for inputs in self.inputs]
         self.compressed = list(self.original)
+
+    def _arguments(self, block_name):
+        """Per batch, the block's own inputs other than the hidden states."""
+        i = self.index[block_name]
+        return [(inputs[i][0][1:], inputs[i][1]) for inputs in self.inputs]
 
     @classmethod
     def create(cls, model, groups, batches, loss_fn):
@@ -200,15 +218,15 @@ class BlockRunner:
         self._next_original = []
         try:
             with torch.no_grad():
-                for i, (args, kwargs) in enumerate(self.inputs):
+                for i, (args, kwargs) in enumerate(self._arguments(block_name)):
                     captured.clear()
                     done.clear()
                     state["mask"] = self.masks[i]
                     state["original"] = True
-                    out = block(self.original[i], *args[1:], **kwargs)
+                    out = block(self.original[i], *args, **kwargs)
                     self._next_original.append(_hidden(out))
                     state["original"] = False
-                    block(self.compressed[i], *args[1:], **kwargs)
+                    block(self.compressed[i], *args, **kwargs)
         finally:
             for handle in handles:
                 handle.remove()
@@ -222,8 +240,10 @@ class BlockRunner:
         block = self.blocks[block_name]
         with torch.no_grad():
             self.compressed = [
-                _hidden(block(h, *args[1:], **kwargs))
-                for h, (args, kwargs) in zip(self.compressed, self.inputs, strict=True)
+                _hidden(block(h, *args, **kwargs))
+                for h, (args, kwargs) in zip(
+                    self.compressed, self._arguments(block_name), strict=True
+                )
             ]
         self.original, self._next_original = self._next_original, []
 

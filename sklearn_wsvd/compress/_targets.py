@@ -6,7 +6,7 @@ import re
 
 from torch import nn
 
-from .layers import is_factorisable
+from .layers import LowRankLinear, is_factorisable
 
 
 def _matches(name: str, spec) -> bool:
@@ -27,16 +27,25 @@ def find_targets(
 
     ``target_modules`` and ``exclude_modules`` are each None, a regex matched
     against the whole name, or a list of exact names or dotted suffixes. Exclusions
-    win; the output head (``get_output_embeddings()``) is skipped unless
-    ``include_output_head``; ``filter_fn(module, name)`` must return True to keep
-    a layer. An empty result is an error naming what was searched for.
+    win; the output head (``get_output_embeddings()``: a language model's
+    vocabulary projection; a classifier's head is a layer like the others) is
+    skipped unless ``include_output_head``; ``filter_fn(module, name)`` must
+    return True to keep a layer. The two factors of a layer compressed already
+    (:class:`LowRankLinear`) are not targets. An empty result is an error naming
+    what was searched for.
     """
     head = None
     if not include_output_head and hasattr(model, "get_output_embeddings"):
         head = model.get_output_embeddings()
+    low_rank = [n for n, m in model.named_modules() if isinstance(m, LowRankLinear)]
+    available = [
+        (name, module)
+        for name, module in model.named_modules()
+        if is_factorisable(module) and not any(name.startswith(f"{p}.") for p in low_rank)
+    ]
     names = []
-    for name, module in model.named_modules():
-        if not is_factorisable(module) or module is head:
+    for name, module in available:
+        if module is head:
             continue
         if target_modules is not None and not _matches(name, target_modules):
             continue
@@ -46,8 +55,7 @@ def find_targets(
             continue
         names.append(name)
     if not names:
-        available = [n for n, m in model.named_modules() if is_factorisable(m)]
-        shown = ", ".join(available[:8]) + (" ..." if len(available) > 8 else "")
+        shown = ", ".join(n for n, _ in available[:8]) + (" ..." if len(available) > 8 else "")
         raise ValueError(
             f"No linear layer matches target_modules={target_modules!r} "
             f"(exclude_modules={exclude_modules!r}); the model's linear layers are: "

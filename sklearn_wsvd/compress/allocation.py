@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from numbers import Integral, Real
 
 import torch
@@ -176,22 +177,42 @@ def check_rank(name, k, shape, min_saving):
     return None if k > max_saving_rank(m, n, min_saving) else k
 
 
+def _positive_int(r) -> bool:
+    return isinstance(r, Integral) and not isinstance(r, bool) and r >= 1
+
+
 def resolve_ranks(rank, ratio, param_budget, weights, statistics, shapes, min_saving, **damping):
     if rank is not None:
         if isinstance(rank, dict):
             missing = [n for n in shapes if n not in rank]
             if missing:
                 raise ValueError(f"rank has no entry for the target layers {missing}.")
+            unknown = [n for n in rank if n not in shapes]
+            if unknown:
+                warnings.warn(
+                    f"rank names layers that are not targets, left as they are: {unknown}.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            bad = {
+                n: r for n, r in rank.items() if isinstance(r, bool) or not isinstance(r, Integral)
+            }
+            if bad:
+                raise ValueError(f"rank's values must be integers, got {bad}.")
             return {n: int(rank[n]) for n in shapes}
-        if not isinstance(rank, Integral) or isinstance(rank, bool) or rank < 1:
+        if not _positive_int(rank):
             raise ValueError(f"rank must be a positive integer or a dict, got {rank!r}.")
         return dict.fromkeys(shapes, int(rank))
     if ratio is not None:
         return _uniform_ranks(shapes, ratio, min_saving)
     total = sum(m * n for m, n in shapes.values())
-    if isinstance(param_budget, Integral) and not isinstance(param_budget, bool):
+    if _positive_int(param_budget):
         budget = int(param_budget)
-    elif isinstance(param_budget, Real) and 0 < param_budget <= 1:
+    elif (
+        isinstance(param_budget, Real)
+        and not isinstance(param_budget, bool)
+        and 0 < param_budget <= 1
+    ):
         budget = int(param_budget * total)
     else:
         raise ValueError(
