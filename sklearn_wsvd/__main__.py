@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         type=_positive_int,
         default=128,
-        help="tokens per text (truncated)",
+        help="tokens per text (truncated; at most the model's number of positions)",
     )
 
     how = p.add_argument_group("compression (give one of --ratio, --rank, --param-budget)")

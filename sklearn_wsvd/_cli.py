@@ -457,6 +457,14 @@ def _batches(args, plan, model, tokenizer):
         if param.kind is not inspect.Parameter.VAR_KEYWORD
     }
 
+    # Longer texts than the model has positions for would fail inside its embeddings.
+    limits = [
+        getattr(model.config, "max_position_embeddings", None),
+        getattr(model.config, "n_positions", None),
+        getattr(tokenizer, "model_max_length", None),
+    ]
+    max_length = min([args.max_length, *(n for n in limits if isinstance(n, int) and n > 0)])
+
     def encode(indices):
         out = []
         for i in range(0, len(indices), args.batch_size):
@@ -465,7 +473,7 @@ def _batches(args, plan, model, tokenizer):
                 [plan.texts[j] for j in chunk],
                 padding=True,
                 truncation=True,
-                max_length=args.max_length,
+                max_length=max_length,
                 return_tensors="pt",
             )
             batch = {k: v.to(plan.device) for k, v in enc.items() if k in accepted}

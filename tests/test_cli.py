@@ -89,6 +89,7 @@ def files(tmp_path_factory):
     _word_tokenizer().save_pretrained(tmp / "llama")
     texts = _sentences(80)
     (tmp / "text.txt").write_text("\n".join(texts) + "\n")
+    (tmp / "long.txt").write_text("\n".join(" ".join([t] * 12) for t in texts) + "\n")
     rows = [{"text": t, "label": "positive" if "good" in t else "negative"} for t in texts]
     _write_csv(tmp / "labelled.csv", rows)
     _write_csv(tmp / "ids.csv", [{"text": r["text"], "label": i % 2} for i, r in enumerate(rows)])
@@ -251,6 +252,12 @@ def test_classifier_heads_are_left_alone_by_default(files, capsys):
     names = [r["name"] for r in json.loads(capsys.readouterr().out)["layers"]]
     assert "bert.pooler.dense" in names and "classifier" in names
     assert not any(".layer.1." in n for n in names)
+
+
+def test_texts_longer_than_the_models_positions_are_cut_to_them(files, tmp_path):
+    # GPT-2 here has 32 positions; the texts run to 120 words, the default --max-length 128.
+    argv = ["compress", str(files / "gpt2"), "--data", str(files / "long.txt"), "--ratio", "0.5"]
+    assert cli.main([*argv, "--out", str(tmp_path / "small")]) == 0
 
 
 def test_causal_lm_end_to_end_on_gpt2_conv1d(files, tmp_path, capsys):

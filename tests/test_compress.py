@@ -594,3 +594,14 @@ def test_sizes_of_the_wrong_type_are_named(size, match):
 def test_rank_entries_for_layers_that_are_not_targets_are_named():
     with pytest.warns(UserWarning, match=r"not targets, left as they are: \['9'\]"):
         compress_model(mlp(), rank={"0": 2, "2": 2, "4": 2, "9": 2}, method="svd", progress=False)
+
+
+@pytest.mark.parametrize("method", ["fwsvd", "tfwsvd"])
+def test_fisher_methods_on_a_half_precision_model(method):
+    # The Fisher of a float16 model (about 1e-12 here) rounded to zero in its dtype.
+    model = tiny_bert().half()
+    small, report = compress_model(
+        model, rank=4, method=method, batches=token_batches(), progress=False
+    )
+    assert sum(r.rank == 4 for r in report.layers) == 13  # all but the 2-class head
+    assert small.bert.encoder.layer[0].attention.self.query.in_proj.weight.dtype == torch.float16

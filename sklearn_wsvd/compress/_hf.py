@@ -116,12 +116,12 @@ class LowRankQuantizer(HfQuantizer):
             # transformers initialises every module after loading, and many architectures
             # read a child's weight by name there (GPT-2's c_proj, T5's wo): give the layer
             # inert stand-ins, marked as initialised, until the weights are in.
-            for attr in ("weight", "bias"):
+            for attr, key in (("weight", "_weight_stand_in"), ("bias", "bias")):
                 tensor = getattr(old, attr, None)
                 if tensor is not None:
                     stand_in = torch.empty_like(tensor, device="meta")
                     stand_in._is_hf_initialized = True
-                    layer.__dict__[attr] = stand_in
+                    layer.__dict__[key] = stand_in
             for name in group:
                 set_submodule(model, name, layer)
         return model
@@ -129,7 +129,7 @@ class LowRankQuantizer(HfQuantizer):
     def _process_model_after_weight_loading(self, model, **kwargs):
         for module in model.modules():
             if isinstance(module, LowRankLinear):
-                module.__dict__.pop("weight", None)
+                module.__dict__.pop("_weight_stand_in", None)
                 module.__dict__.pop("bias", None)
         return model
 

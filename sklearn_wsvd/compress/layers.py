@@ -106,6 +106,17 @@ class LowRankLinear(nn.Module):
     def forward(self, x):
         return self.out_proj(self.in_proj(x))
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense weight ``U V`` (out_features, in_features), computed at each access.
+
+        For models whose code reads a linear layer's weight (T5's feed-forward
+        casts its input to ``wo.weight.dtype``); not a parameter. While
+        transformers loads a checkpoint it is a stand-in set by the loader.
+        """
+        stand_in = self.__dict__.get("_weight_stand_in")
+        return stand_in if stand_in is not None else self.to_dense()
+
     def to_dense(self) -> torch.Tensor:
         """The (out_features, in_features) weight ``U V``."""
         return self.out_proj.weight @ self.in_proj.weight

@@ -156,7 +156,9 @@ def shrink(G, amount):
 
 
 def _fisher(stats: LayerStatistics, weight):
-    F = stats.fisher.to(device=weight.device, dtype=weight.dtype)
+    # at least float32: a half-precision model's Fisher (1e-12, say) would round to zero
+    dtype = torch.promote_types(weight.dtype, torch.float32)
+    F = stats.fisher.to(device=weight.device, dtype=dtype)
     if not (F > 0).any():
         raise ValueError(
             "its Fisher importance is zero everywhere (the loss never reaches it); exclude "
