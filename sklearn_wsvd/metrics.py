@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import numpy as np
 import torch
 
@@ -33,6 +35,28 @@ def _float64(x):
     return torch.as_tensor(x).detach().to(torch.float64)
 
 
+def _difference(weight, approximation):
+    """``W`` and ``W - W'`` in float64, checked to be matrices of one shape."""
+    W, A = _float64(weight), _float64(approximation)
+    if W.ndim != 2 or A.shape != W.shape:
+        raise ValueError(
+            f"weight and approximation must be matrices of one shape, got {tuple(W.shape)} "
+            f"and {tuple(A.shape)}."
+        )
+    return W, W - A.to(W.device)
+
+
+def _moment(M, n, name, W):
+    """A second moment ``M`` (n x n) for the weight ``W``, in float64 on its device."""
+    M = _float64(M).to(W.device)
+    if M.shape != (n, n):
+        raise ValueError(
+            f"{name} must be ({n}, {n}) for a weight of shape {tuple(W.shape)}, got "
+            f"{tuple(M.shape)}."
+        )
+    return M
+
+
 def output_error(weight, approximation, input_moment) -> float:
     """Relative output error ``|(W - W') X| / |W X|`` from the inputs' second moment ``X X^T / t``.
 
@@ -55,11 +79,12 @@ def output_error(weight, approximation, input_moment) -> float:
     >>> output_error(np.eye(2), np.diag([1.0, 0.0]), np.diag([3.0, 1.0]))  # sqrt(1 / 4)
     0.5
     """
-    W, C = _float64(weight), _float64(input_moment).to(torch.float64)
-    dW = W - _float64(approximation).to(W.device)
-    C = C.to(W.device)
+    W, dW = _difference(weight, approximation)
+    C = _moment(input_moment, W.shape[1], "input_moment", W)
     energy = float((W @ C * W).sum())
-    return max(float((dW @ C * dW).sum()), 0.0) ** 0.5 / max(energy, 1e-300) ** 0.5
+    if energy <= 0:
+        raise ValueError("the layer's output W X is zero: its relative error is undefined.")
+    return max(float((dW @ C * dW).sum()), 0.0) ** 0.5 / energy**0.5
 
 
 def loss_estimate(
@@ -89,22 +114,30 @@ def loss_estimate(
     increase : float
         In units of the loss.
     """
-    W = _float64(weight)
-    dW = W - _float64(approximation).to(W.device)
+    W, dW = _difference(weight, approximation)
     if input_moment is not None and output_gradient_moment is not None:
-        C = _float64(input_moment).to(W.device)
-        G = _float64(output_gradient_moment).to(W.device)
+        C = _moment(input_moment, W.shape[1], "input_moment", W)
+        G = _moment(output_gradient_moment, W.shape[0], "output_gradient_moment", W)
         return float(0.5 * ((G @ dW @ C) * dW).sum())
     if importance is None:
         raise ValueError(
             "give importance (a diagonal Fisher), or both input_moment and "
             "output_gradient_moment (K-FAC)."
         )
-    return float(0.5 * (_float64(importance).to(W.device) * dW.square()).sum())
+    F = _float64(importance).to(W.device)
+    if F.shape != W.shape:
+        raise ValueError(
+            f"importance must have the weight's shape {tuple(W.shape)}, got {tuple(F.shape)}."
+        )
+    if bool((F < 0).any()):
+        raise ValueError("importance (a diagonal Fisher) must be non-negative.")
+    return float(0.5 * (F * dW.square()).sum())
 
 
 def truncated(weight, rank: int) -> torch.Tensor:
     """The best rank-``rank`` approximation of ``weight`` (plain truncated SVD), float64."""
+    if isinstance(rank, bool) or not isinstance(rank, Integral) or rank < 1:
+        raise ValueError(f"rank must be a positive integer, got {rank!r}.")
     U, S, Vt = torch.linalg.svd(_float64(weight), full_matrices=False)
     return (U[:, :rank] * S[:rank]) @ Vt[:rank]
 

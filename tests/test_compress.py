@@ -8,6 +8,7 @@ from torch import nn
 from sklearn_wsvd.compress import (
     LowRankLinear,
     allocate_ranks,
+    collect_statistics,
     compress_model,
     find_targets,
     fisher_importance,
@@ -605,3 +606,14 @@ def test_fisher_methods_on_a_half_precision_model(method):
     )
     assert sum(r.rank == 4 for r in report.layers) == 13  # all but the 2-class head
     assert small.bert.encoder.layer[0].attention.self.query.in_proj.weight.dtype == torch.float16
+
+
+def test_statistics_of_other_shapes_are_named():
+    model, batches = tiny_bert(), token_batches()
+    stats = collect_statistics(model, batches, progress=False)
+    ffn_out, ffn_in = "bert.encoder.layer.0.output.dense", "bert.encoder.layer.0.intermediate.dense"
+    stats[ffn_out] = stats[ffn_in]
+    with pytest.raises(
+        ValueError, match=r"statistics do not match the layers' shapes .*\(64, 32\), \(32, 64\)"
+    ):
+        compress_model(model, ratio=0.3, statistics=stats, method="svd-llm", progress=False)

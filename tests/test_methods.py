@@ -387,3 +387,25 @@ def test_a_budget_without_a_loss_is_spread_uniformly(stats):
     )
     assert [r.rank for r in kfac.layers] != [r.rank for r in ratio.layers]
     assert kfac.params_after <= 0.3 * kfac.params_before
+
+
+def test_the_metrics_name_mis_shaped_input():
+    W, Wh = np.diag([3.0, 2.0, 1.0]), np.diag([3.0, 2.0, 0.0])
+    cases = [
+        (lambda: output_error(W, Wh, np.array([1.0, 2.0, 3.0])), r"input_moment must be \(3, 3\)"),
+        (lambda: output_error(W, np.zeros((3, 1)), np.eye(3)), "must be matrices of one shape"),
+        (lambda: output_error(np.zeros((3, 3)), Wh, np.eye(3)), "output W X is zero"),
+        (lambda: loss_estimate(W, Wh, importance=np.ones(3)), "importance must have the weight"),
+        (lambda: loss_estimate(W, Wh, importance=-np.ones((3, 3))), "must be non-negative"),
+        (
+            lambda: loss_estimate(W, Wh, input_moment=np.eye(3), output_gradient_moment=np.eye(2)),
+            r"output_gradient_moment must be \(3, 3\)",
+        ),
+        (lambda: svd_risk(W, np.ones((3, 3)), rank=-1), "rank must be a positive integer"),
+        (lambda: svd_risk(W, np.ones((3, 3)), rank=True), "rank must be a positive integer"),
+        (lambda: svd_risk(W, np.ones((3, 3)), rank=2.5), "rank must be a positive integer"),
+    ]
+    for call, match in cases:
+        with pytest.raises(ValueError, match=match):
+            call()
+    assert output_error(W, Wh, np.diag([1.0, 2.0, 3.0])) == pytest.approx((3 / 20) ** 0.5)

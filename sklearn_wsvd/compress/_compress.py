@@ -317,6 +317,16 @@ def compress_model(
         if missing:
             raise ValueError(f"statistics has no entry for the target layers {missing}.")
         statistics = {n: statistics[n] for n in names}
+        wrong = {
+            n: (tuple(st.shape), shapes[n])
+            for n, st in statistics.items()
+            if tuple(st.shape) != shapes[n]
+        }
+        if wrong:
+            raise ValueError(
+                "statistics do not match the layers' shapes ((out, in) of the statistics, of "
+                f"the layer): {wrong}; were they collected on another model?"
+            )
     method = _resolve_method(method, statistics, provided=("inputs",) if sequential else ())
     if solver != "auto" and method != "tfwsvd":
         raise ValueError(f"solver applies to the iterative 'tfwsvd' method only, not {method!r}.")
