@@ -130,13 +130,16 @@ class BlockRunner:
     def __init__(self, model, blocks, batches, loss_fn):
         self.blocks = blocks  # name -> module, in order
         self.index = {name: i for i, name in enumerate(blocks)}
-        self.inputs = []  # per batch, per block: (args, kwargs), hidden states args[0]
+        self.original = []  # per batch: the first block's hidden states (args[0])
+        self.inputs = []  # per batch, per block: its other arguments (args[1:], kwargs)
         self._next_original = []
         last = len(blocks) - 1
 
         def capture(i):
             def hook(module, args, kwargs):
-                self.inputs[-1].append((args, kwargs))
+                if i == 0:  # later blocks' hidden states are recomputed: not kept
+                    self.original.append(args[0])
+                self.inputs[-1].append((args[1:], kwargs))
                 if i == last:
                     raise _StageDone
 
@@ -158,13 +161,12 @@ class BlockRunner:
             for handle in handles:
                 handle.remove()
         self.masks = [_token_mask(batch) for batch in batches]
-        self.original = [inputs[0][0][0] for inputs in self.inputs]
         self.compressed = list(self.original)
 
     def _arguments(self, block_name):
         """Per batch, the block's own inputs other than the hidden states."""
         i = self.index[block_name]
-        return [(inputs[i][0][1:], inputs[i][1]) for inputs in self.inputs]
+        return [inputs[i] for inputs in self.inputs]
 
     @classmethod
     def create(cls, model, groups, batches, loss_fn):
