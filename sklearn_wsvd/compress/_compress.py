@@ -380,44 +380,48 @@ def compress_model(
             target = corrected(target, paired[name], metric_damping)
         return target, layer_statistics(stats.get(name), paired[name], shapes[name])
 
-    bar = tqdm(total=len(names), desc="compress", disable=not progress)
-    for stage in groups:
-        paired = {}
-        todo = [n for n in stage if plan[n] is not None]
-        block = runner.block_of(stage) if runner is not None else None
-        if block is not None:
-            paired = runner.paired_inputs(block, todo) if todo else {}
-        elif sequential and todo:
-            paired = paired_inputs(model, todo, replace.swap, batches, loss_fn)
-        # A generator: joblib takes the layers one by one, only a few are in flight at once.
-        jobs = (
-            delayed(_factorise)(
-                n, *inputs(n, paired), plan[n], method, options, risk_threshold, n not in paired
-            )
-            for n in stage
-        )
-        for name, A, B, used, errors, seconds in Parallel(n_jobs=n_jobs, return_as="generator")(
-            jobs
-        ):
-            bar.update()
-            m, n = shapes[name]
-            if A is None:
-                report.layers.append(
-                    LayerReport(name, (m, n), None, m * n, m * n, method, used, 0.0)
+    # closed on an error too, so that a message after it starts on a line of its own
+    with tqdm(total=len(names), desc="compress", disable=not progress) as bar:
+        for stage in groups:
+            paired = {}
+            todo = [n for n in stage if plan[n] is not None]
+            block = runner.block_of(stage) if runner is not None else None
+            if block is not None:
+                paired = runner.paired_inputs(block, todo) if todo else {}
+            elif sequential and todo:
+                paired = paired_inputs(model, todo, replace.swap, batches, loss_fn)
+            # A generator: joblib takes the layers one by one, only a few are in flight at once.
+            jobs = (
+                delayed(_factorise)(
+                    n, *inputs(n, paired), plan[n], method, options, risk_threshold, n not in paired
                 )
-                continue
-            if name in paired:
-                errors = _sequential_errors(weights[name], A, B, paired.pop(name), stats.get(name))
-            replace(name, A, B)
-            del weights[name]  # streaming: a replaced layer's weight and statistics are let go
-            stats.pop(name, None)
-            k = A.shape[1]
-            report.layers.append(
-                LayerReport(name, (m, n), k, m * n, k * (m + n), method, used, seconds, **errors)
+                for n in stage
             )
-        if block is not None:
-            runner.advance(block)
-    bar.close()
+            for name, A, B, used, errors, seconds in Parallel(n_jobs=n_jobs, return_as="generator")(
+                jobs
+            ):
+                bar.update()
+                m, n = shapes[name]
+                if A is None:
+                    report.layers.append(
+                        LayerReport(name, (m, n), None, m * n, m * n, method, used, 0.0)
+                    )
+                    continue
+                if name in paired:
+                    errors = _sequential_errors(
+                        weights[name], A, B, paired.pop(name), stats.get(name)
+                    )
+                replace(name, A, B)
+                del weights[name]  # streaming: a replaced layer's weight and statistics are let go
+                stats.pop(name, None)
+                k = A.shape[1]
+                report.layers.append(
+                    LayerReport(
+                        name, (m, n), k, m * n, k * (m + n), method, used, seconds, **errors
+                    )
+                )
+            if block is not None:
+                runner.advance(block)
     for name, module in model.named_modules():
         module.training = modes.get(name, module.training)
     report.model_params_after = _count(model)
