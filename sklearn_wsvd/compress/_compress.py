@@ -186,7 +186,7 @@ def compress_model(
     sequential : {False, True, "refit", "reweight"}, default=False
         Fit block by block, each block to the inputs ``X~`` that the
         already-compressed blocks give it (transformer stacks run block by
-        block on cached hidden states, about three forward passes over
+        block on cached hidden states, about four forward passes over
         ``batches`` in all). ``"refit"`` (or True) refits each layer to
         reproduce its original outputs from those inputs, ``min |W X - W' X~|``,
         so that later layers correct earlier errors (as GPTQ and SVD-LLM's
