@@ -458,12 +458,7 @@ def _batches(args, plan, model, tokenizer):
     }
 
     # Longer texts than the model has positions for would fail inside its embeddings.
-    limits = [
-        getattr(model.config, "max_position_embeddings", None),
-        getattr(model.config, "n_positions", None),
-        getattr(tokenizer, "model_max_length", None),
-    ]
-    max_length = min([args.max_length, *(n for n in limits if isinstance(n, int) and n > 0)])
+    max_length = min(args.max_length, _position_limit(model, tokenizer))
 
     def encode(indices):
         out = []
@@ -487,6 +482,27 @@ def _batches(args, plan, model, tokenizer):
         return out
 
     return encode(rest), encode(held)
+
+
+def _position_limit(model, tokenizer) -> float:
+    """How many tokens a text may have: the model's positions (inf where unbounded).
+
+    From the config (``max_position_embeddings``, GPT-2's ``n_positions``), the
+    tokenizer's ``model_max_length`` and learned position embeddings with a
+    padding index (RoBERTa's positions start after it, two fewer than its table).
+    """
+    from torch import nn
+
+    limits = [
+        getattr(model.config, "max_position_embeddings", None),
+        getattr(model.config, "n_positions", None),
+        getattr(tokenizer, "model_max_length", None),
+    ]
+    for name, module in model.named_modules():
+        if name.endswith("position_embeddings") and isinstance(module, nn.Embedding):
+            if module.padding_idx is not None:
+                limits.append(module.num_embeddings - module.padding_idx - 1)
+    return min((n for n in limits if isinstance(n, int) and n > 0), default=math.inf)
 
 
 def _evaluator(task, labelled):

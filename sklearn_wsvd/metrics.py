@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from numbers import Integral
 
 import numpy as np
@@ -81,10 +82,10 @@ def output_error(weight, approximation, input_moment) -> float:
     """
     W, dW = _difference(weight, approximation)
     C = _moment(input_moment, W.shape[1], "input_moment", W)
-    energy = float((W @ C * W).sum())
-    if energy <= 0:
-        raise ValueError("the layer's output W X is zero: its relative error is undefined.")
-    return max(float((dW @ C * dW).sum()), 0.0) ** 0.5 / energy**0.5
+    energy, error = float((W @ C * W).sum()), max(float((dW @ C * dW).sum()), 0.0)
+    if energy <= 0:  # a zero layer or zero inputs: exact when the error is zero too
+        return 0.0 if error == 0 else math.inf
+    return error**0.5 / energy**0.5
 
 
 def loss_estimate(

@@ -260,6 +260,25 @@ def test_texts_longer_than_the_models_positions_are_cut_to_them(files, tmp_path)
     assert cli.main([*argv, "--out", str(tmp_path / "small")]) == 0
 
 
+def test_the_position_limit_counts_robertas_offset():
+    class Tokenizer:
+        model_max_length = int(1e30)  # transformers' "unknown"
+
+    roberta = transformers.RobertaModel(
+        transformers.RobertaConfig(
+            vocab_size=60,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=40,
+        )
+    )
+    assert _cli._position_limit(roberta, Tokenizer()) == 38  # positions 2..39
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=16, n_layer=1, n_head=2))
+    assert _cli._position_limit(gpt2, Tokenizer()) == 1024
+
+
 def test_causal_lm_end_to_end_on_gpt2_conv1d(files, tmp_path, capsys):
     out = tmp_path / "small"
     argv = ["compress", str(files / "gpt2"), "--data", str(files / "text.txt"), "--ratio", "0.5"]

@@ -541,9 +541,11 @@ def test_auto_method_reads_a_generators_first_batch_without_losing_it():
     compress_model(model, rank=4, batches=iter(batches[:1]), progress=False)  # not "empty"
 
 
-def test_sequential_passes_run_without_dropout_and_every_mode_is_restored():
+@pytest.mark.parametrize("mixed", [False, True])
+def test_sequential_passes_run_without_dropout_and_every_mode_is_restored(mixed):
     model = tiny_bert().train()
-    model.bert.embeddings.eval()  # a mixed state, as a user may leave it
+    if mixed:  # as a user may leave it
+        model.bert.embeddings.eval()
     batches = token_batches()
     kw = dict(rank=4, method="svd-llm", batches=batches, sequential=True, progress=False)
     runs = []
@@ -553,7 +555,7 @@ def test_sequential_passes_run_without_dropout_and_every_mode_is_restored():
     for a, b in zip(runs[0].parameters(), runs[1].parameters(), strict=True):
         torch.testing.assert_close(a, b)
     small = runs[0]
-    assert small.training and not small.bert.embeddings.training
+    assert small.training and small.bert.embeddings.training != mixed
     assert small.bert.encoder.layer[0].attention.self.query.training  # the new layers too
 
 
@@ -617,3 +619,85 @@ def test_statistics_of_other_shapes_are_named():
         ValueError, match=r"statistics do not match the layers' shapes .*\(64, 32\), \(32, 64\)"
     ):
         compress_model(model, ratio=0.3, statistics=stats, method="svd-llm", progress=False)
+
+
+def test_a_zero_layer_is_compressed_exactly_and_reported():
+    model = mlp()
+    with torch.no_grad():
+        model[2].weight.zero_()
+    batches = [(torch.randn(64, 20, generator=torch.Generator().manual_seed(0)),)]
+    _, report = compress_model(model, ratio=0.3, batches=batches, progress=False)
+    assert report.layers[1].output_error == 0.0
+
+
+def test_shared_or_skipped_blocks_fall_back_to_full_passes():
+    # ALBERT runs each of its 2 shared layer groups twice: a runner would pair the
+    # wrong hidden states (it crashed); full passes are right.
+    transformers = pytest.importorskip("transformers")
+    from sklearn_wsvd.compress._sequential import BlockRunner, stages
+
+    torch.manual_seed(0)
+    config = transformers.AlbertConfig(
+        embedding_size=16,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_hidden_groups=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=60,
+        max_position_embeddings=32,
+    )
+    model = transformers.AlbertModel(config).eval()
+    batches = [{"input_ids": b["input_ids"]} for b in token_batches()]
+    names = find_targets(model, exclude_modules=["encoder.embedding_hidden_mapping_in"])
+    assert BlockRunner.create(model, stages(model, names), batches, None) is None
+    small, report = compress_model(
+        model,
+        ratio=0.5,
+        method="svd-llm",
+        batches=batches,
+        sequential=True,
+        progress=False,
+        exclude_modules=["encoder.embedding_hidden_mapping_in"],
+    )
+    assert len(report.layers) == len(names)
+
+
+def test_a_key_value_cache_is_not_captured_with_the_blocks_inputs():
+    # A user's wrapper without a config: the backbone makes a cache, which the
+    # runner must not keep (rerunning a block would append to it).
+    transformers = pytest.importorskip("transformers")
+    from sklearn_wsvd.compress._sequential import BlockRunner, stages
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=60,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = transformers.LlamaModel(config)
+            self.head = nn.Linear(32, 2)
+
+        def forward(self, input_ids):
+            return self.head(self.backbone(input_ids=input_ids).last_hidden_state[:, -1])
+
+    model = Wrap().eval()
+    batches = [{"input_ids": b["input_ids"]} for b in token_batches()]
+    groups = stages(model, find_targets(model, exclude_modules=["head"]))
+    runner = BlockRunner.create(model, groups, batches, None)
+    with torch.no_grad():
+        hidden = model.backbone(**batches[0], output_hidden_states=True, use_cache=False)
+    for i, block in enumerate(list(runner.blocks)[:-1]):
+        for args, kwargs in runner._arguments(block):
+            assert not any(hasattr(v, "get_seq_length") for v in (*args, *kwargs.values()))
+        stage = next(g for g in groups if g[0].startswith(block + "."))
+        runner.paired_inputs(block, stage)
+        runner.advance(block)
+        torch.testing.assert_close(runner.original[0], hidden.hidden_states[i + 1])

@@ -442,7 +442,7 @@ def test_from_pretrained_of_the_class_builds_the_compressed_model(tmp_path, case
             for n in names:
                 layer = loaded.get_submodule(n)
                 assert isinstance(layer, LowRankLinear)
-                assert layer.weight.device.type != "meta"  # the loader's stand-in is gone
+                assert "_weight_stand_in" not in layer.__dict__  # the loader's is gone
                 assert "bias" not in layer.__dict__
             torch.testing.assert_close(loaded(input_ids=ids()).logits, expected, rtol=0, atol=0)
         # The same directory through load_compressed, which rebuilds the class itself.
@@ -608,7 +608,8 @@ def test_t5_runs_compressed_and_reloads():
     small, _ = compress_model(model, ratio=0.5, method="svd", progress=False)
     wo = small.encoder.block[0].layer[1].DenseReluDense.wo
     assert isinstance(wo, LowRankLinear)
-    torch.testing.assert_close(wo.weight, wo.out_proj.weight @ wo.in_proj.weight)
+    assert wo.weight.shape == (32, 64) and wo.weight.dtype == torch.float32
+    assert wo.weight.device.type == "meta"  # free to read; its values are to_dense()
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         expected = small(input_ids=ids(), decoder_input_ids=ids(1)).logits
         save_compressed(small, tmp)

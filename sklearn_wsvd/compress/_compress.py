@@ -359,71 +359,82 @@ def compress_model(
         sequential=sequential,
         model_params_before=_count(model),
     )
-    groups = stages(model, names) if sequential else [names]
-    runner = BlockRunner.create(model, groups, batches, loss_fn) if sequential else None
-    # Full passes of the original model need the original layers back: keep them only then.
-    swaps = sequential and any(runner is None or runner.block_of(g) is None for g in groups)
-    replace = _Replacer(model, keep_originals=swaps)
-    # Dropout off in the sequential passes; every module's own mode is put back after
-    # (by name: holding the modules would keep the replaced layers' weights alive).
+    # Dropout (and LayerDrop) off in the sequential passes, the runner's capture
+    # included; every module's own mode is put back after, on an error too (by name:
+    # holding the modules would keep the replaced layers' weights alive).
     modes = {name: module.training for name, module in model.named_modules()}
-    if sequential:
-        model.eval()
-    stats = statistics or {}
+    try:
+        if sequential:
+            model.eval()
+        groups = stages(model, names) if sequential else [names]
+        runner = BlockRunner.create(model, groups, batches, loss_fn) if sequential else None
+        # Full passes of the original model need the original layers back: keep them only then.
+        swaps = sequential and any(runner is None or runner.block_of(g) is None for g in groups)
+        replace = _Replacer(model, modes, keep_originals=swaps)
+        stats = statistics or {}
 
-    def inputs(name, paired):
-        """The weight and statistics a layer is fitted to: with perturbed inputs if sequential."""
-        if name not in paired:
-            return weights[name], stats.get(name)
-        target = weights[name]
-        if sequential == "refit":
-            target = corrected(target, paired[name], metric_damping)
-        return target, layer_statistics(stats.get(name), paired[name], shapes[name])
+        def inputs(name, paired):
+            """The weight and statistics a layer is fitted to (perturbed inputs if sequential)."""
+            if name not in paired:
+                return weights[name], stats.get(name)
+            target = weights[name]
+            if sequential == "refit":
+                target = corrected(target, paired[name], metric_damping)
+            return target, layer_statistics(stats.get(name), paired[name], shapes[name])
 
-    # closed on an error too, so that a message after it starts on a line of its own
-    with tqdm(total=len(names), desc="compress", disable=not progress) as bar:
-        for stage in groups:
-            paired = {}
-            todo = [n for n in stage if plan[n] is not None]
-            block = runner.block_of(stage) if runner is not None else None
-            if block is not None:
-                paired = runner.paired_inputs(block, todo) if todo else {}
-            elif sequential and todo:
-                paired = paired_inputs(model, todo, replace.swap, batches, loss_fn)
-            # A generator: joblib takes the layers one by one, only a few are in flight at once.
-            jobs = (
-                delayed(_factorise)(
-                    n, *inputs(n, paired), plan[n], method, options, risk_threshold, n not in paired
+        # closed on an error too, so that a message after it starts on a line of its own
+        with tqdm(total=len(names), desc="compress", disable=not progress) as bar:
+            for stage in groups:
+                paired = {}
+                todo = [n for n in stage if plan[n] is not None]
+                block = runner.block_of(stage) if runner is not None else None
+                if block is not None:
+                    paired = runner.paired_inputs(block, todo) if todo else {}
+                elif sequential and todo:
+                    paired = paired_inputs(model, todo, replace.swap, batches, loss_fn)
+                # A generator: joblib takes the layers one by one, only a few are in flight at once.
+                jobs = (
+                    delayed(_factorise)(
+                        n,
+                        *inputs(n, paired),
+                        plan[n],
+                        method,
+                        options,
+                        risk_threshold,
+                        n not in paired,
+                    )
+                    for n in stage
                 )
-                for n in stage
-            )
-            for name, A, B, used, errors, seconds in Parallel(n_jobs=n_jobs, return_as="generator")(
-                jobs
-            ):
-                bar.update()
-                m, n = shapes[name]
-                if A is None:
+                for name, A, B, used, errors, seconds in Parallel(
+                    n_jobs=n_jobs, return_as="generator"
+                )(jobs):
+                    bar.update()
+                    m, n = shapes[name]
+                    if A is None:
+                        report.layers.append(
+                            LayerReport(name, (m, n), None, m * n, m * n, method, used, 0.0)
+                        )
+                        continue
+                    if name in paired:
+                        errors = _sequential_errors(
+                            weights[name], A, B, paired.pop(name), stats.get(name)
+                        )
+                    replace(name, A, B)
+                    del weights[
+                        name
+                    ]  # streaming: a replaced layer's weight and statistics are let go
+                    stats.pop(name, None)
+                    k = A.shape[1]
                     report.layers.append(
-                        LayerReport(name, (m, n), None, m * n, m * n, method, used, 0.0)
+                        LayerReport(
+                            name, (m, n), k, m * n, k * (m + n), method, used, seconds, **errors
+                        )
                     )
-                    continue
-                if name in paired:
-                    errors = _sequential_errors(
-                        weights[name], A, B, paired.pop(name), stats.get(name)
-                    )
-                replace(name, A, B)
-                del weights[name]  # streaming: a replaced layer's weight and statistics are let go
-                stats.pop(name, None)
-                k = A.shape[1]
-                report.layers.append(
-                    LayerReport(
-                        name, (m, n), k, m * n, k * (m + n), method, used, seconds, **errors
-                    )
-                )
-            if block is not None:
-                runner.advance(block)
-    for name, module in model.named_modules():
-        module.training = modes.get(name, module.training)
+                if block is not None:
+                    runner.advance(block)
+    finally:
+        for name, module in model.named_modules():
+            module.training = modes.get(name, module.training)
     report.model_params_after = _count(model)
     report.seconds = time.perf_counter() - start
     return model, report
@@ -432,13 +443,13 @@ def compress_model(
 class _Replacer:
     """Puts the low-rank layers into the model, under every name a module has; can swap back."""
 
-    def __init__(self, model, keep_originals=False):
+    def __init__(self, model, modes, keep_originals=False):
         self.model = model
         self.modules = dict(model.named_modules())
         self.aliases = _aliases(model)
         self.keep_originals = keep_originals
         self.done = {}
-        self.training = {name: m.training for name, m in self.modules.items()}
+        self.training = modes  # name -> the caller's mode
 
     def __call__(self, name, A, B):
         """Replace layer ``name`` by ``A @ B``, in its mode, trainable where it was."""

@@ -135,11 +135,14 @@ class BlockRunner:
         self._next_original = []
         last = len(blocks) - 1
 
+        order = []  # per batch: the blocks in the order they ran
+
         def capture(i):
             def hook(module, args, kwargs):
                 if i == 0:  # later blocks' hidden states are recomputed: not kept
                     self.original.append(args[0])
-                self.inputs[-1].append((args[1:], kwargs))
+                self.inputs[-1].append((_without_cache(args[1:]), _without_cache(kwargs)))
+                order[-1].append(i)
                 if i == last:
                     raise _StageDone
 
@@ -153,6 +156,7 @@ class BlockRunner:
             with torch.no_grad():
                 for batch in batches:
                     self.inputs.append([])
+                    order.append([])
                     try:
                         _run(model, batch, loss_fn)
                     except _StageDone:
@@ -160,6 +164,9 @@ class BlockRunner:
         finally:
             for handle in handles:
                 handle.remove()
+        if any(o != list(range(len(blocks))) for o in order):
+            # a block shared (ALBERT) or skipped (LayerDrop): the caller uses full passes
+            raise _NotSequential
         self.masks = [_token_mask(batch) for batch in batches]
         self.compressed = list(self.original)
 
@@ -181,7 +188,10 @@ class BlockRunner:
             if name.rpartition(".")[0] != parent or name.rpartition(".")[2] != str(len(blocks)):
                 break
             blocks[name] = stack[len(blocks)]
-        return cls(model, blocks, batches, loss_fn)
+        try:
+            return cls(model, blocks, batches, loss_fn)
+        except _NotSequential:
+            return None
 
     def block_of(self, stage):
         """The name of the block holding ``stage``, when this runner runs it, else None."""
@@ -248,6 +258,25 @@ class BlockRunner:
                 )
             ]
         self.original, self._next_original = self._next_original, []
+
+
+class _NotSequential(Exception):
+    """The stack's blocks did not each run once, in order, in a forward pass."""
+
+
+def _without_cache(arguments):
+    """``arguments`` (a tuple or a dict) with any key-value cache replaced by None.
+
+    A cache object (transformers' ``Cache``: it has ``get_seq_length``) captured with
+    a block's inputs would grow each time the block runs again, and the stream's
+    attention would see the keys of earlier runs.
+    """
+    if isinstance(arguments, dict):
+        return {
+            k: (False if k == "use_cache" else None if hasattr(v, "get_seq_length") else v)
+            for k, v in arguments.items()
+        }
+    return tuple(None if hasattr(a, "get_seq_length") else a for a in arguments)
 
 
 def _block_depth(model, name):

@@ -108,14 +108,19 @@ class LowRankLinear(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The dense weight ``U V`` (out_features, in_features), computed at each access.
+        """An empty stand-in of the dense weight's shape and dtype, on the ``meta`` device.
 
-        For models whose code reads a linear layer's weight (T5's feed-forward
-        casts its input to ``wo.weight.dtype``); not a parameter. While
-        transformers loads a checkpoint it is a stand-in set by the loader.
+        For model code that reads a linear layer's weight for its dtype (T5's
+        feed-forward casts its input to ``wo.weight.dtype``, several times per
+        pass): free to make, and an error wherever its values are used. The
+        dense weight ``U V`` is :meth:`to_dense`. While transformers loads a
+        checkpoint it is the loader's stand-in.
         """
         stand_in = self.__dict__.get("_weight_stand_in")
-        return stand_in if stand_in is not None else self.to_dense()
+        if stand_in is not None:
+            return stand_in
+        ref = self.in_proj.weight
+        return torch.empty(self.out_features, self.in_features, dtype=ref.dtype, device="meta")
 
     def to_dense(self) -> torch.Tensor:
         """The (out_features, in_features) weight ``U V``."""
