@@ -411,3 +411,24 @@ def test_the_metrics_name_mis_shaped_input():
     zero = np.zeros((3, 3))  # a zero layer (or zero inputs): exact if kept, else infinitely off
     assert output_error(zero, zero, np.eye(3)) == 0.0 and output_error(W, Wh, zero) == 0.0
     assert output_error(zero, Wh, np.eye(3)) == float("inf")
+
+
+def test_blocks_run_twice_per_pass_get_full_passes_not_a_runner():
+    # Interleaved reuse (0, 1, 0, 1), as in looped or universal transformers: the
+    # first pass through the stack looks in order, so the whole pass is checked.
+    from sklearn_wsvd.compress._sequential import BlockRunner
+
+    class Looped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([nn.Sequential(nn.Linear(8, 8)) for _ in range(2)])
+
+        def forward(self, x):
+            for _ in range(2):
+                for layer in self.layers:
+                    x = torch.tanh(layer(x))
+            return x
+
+    model = Looped()
+    groups = stages(model, ["layers.0.0", "layers.1.0"])
+    assert BlockRunner.create(model, groups, [(torch.randn(4, 8),)], None) is None

@@ -117,8 +117,8 @@ class BlockRunner:
     """Runs a transformer stack block by block on cached hidden states, as GPTQ does.
 
     The inputs (positional and keyword: attention mask, rotary embeddings...) of
-    every block are captured once per batch, in one pass of the original model
-    that stops before the last block: each block has its own (a sliding-window
+    every block are captured once per batch, in one pass of the original model:
+    each block has its own (a sliding-window
     layer's mask, T5's position bias passed on from the first block). From then
     on only the block at hand runs, on the hidden states of the original and of
     the compressed model, so sequential calibration costs about four forward
@@ -133,8 +133,6 @@ class BlockRunner:
         self.original = []  # per batch: the first block's hidden states (args[0])
         self.inputs = []  # per batch, per block: its other arguments (args[1:], kwargs)
         self._next_original = []
-        last = len(blocks) - 1
-
         order = []  # per batch: the blocks in the order they ran
 
         def capture(i):
@@ -143,8 +141,6 @@ class BlockRunner:
                     self.original.append(args[0])
                 self.inputs[-1].append((_without_cache(args[1:]), _without_cache(kwargs)))
                 order[-1].append(i)
-                if i == last:
-                    raise _StageDone
 
             return hook
 
@@ -157,15 +153,13 @@ class BlockRunner:
                 for batch in batches:
                     self.inputs.append([])
                     order.append([])
-                    try:
-                        _run(model, batch, loss_fn)
-                    except _StageDone:
-                        pass
+                    _run(model, batch, loss_fn)
         finally:
             for handle in handles:
                 handle.remove()
         if any(o != list(range(len(blocks))) for o in order):
-            # a block shared (ALBERT) or skipped (LayerDrop): the caller uses full passes
+            # a block run twice (ALBERT's shared layers) or skipped (LayerDrop): the
+            # caller uses full passes
             raise _NotSequential
         self.masks = [_token_mask(batch) for batch in batches]
         self.compressed = list(self.original)
