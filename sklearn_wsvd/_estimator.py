@@ -37,8 +37,8 @@ from ._solvers import (
     resolve_solver,
     solve,
     value_scale,
-    weight_scale,
     weighted_row_solve,
+    weights_in_range,
 )
 from ._whitening import check_metric, left, metric_root, right
 
@@ -367,10 +367,8 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         )
         A, B = left(R_inv, factors.A), right(factors.B, C_inv)
         # in units (exact) where the products below and the row sums of W stay in range
-        s, w = value_scale(X), weight_scale(W)
-        w = w if w > 2.0**16 else 1.0
-        row_weight = W.mean(dim=1) if w == 1.0 else (W / w).mean(dim=1)
-        Z, S, Vt = _svd_of_product(A / s**0.5, B / s**0.5, row_weight)
+        s, (W_in_range, w) = value_scale(X), weights_in_range(W)
+        Z, S, Vt = _svd_of_product(A / s**0.5, B / s**0.5, W_in_range.mean(dim=1))
         Z, S = Z * s, S * (s * w**0.5)
         self._ridge_basis = self._ridge_map = None
         if self.alpha > 0:
@@ -546,8 +544,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         s = value_scale(Y)
         if s != 1.0:
             Y, L = Y / s, L / s
-        if weight_scale(W) > 2.0**16:
-            W = W / weight_scale(W)
+        W, _ = weights_in_range(W)
         sse = objective(Y, W, L, right(V, C)) * s * s
         return -sse / float(W.sum())
 
@@ -668,8 +665,9 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         W = None
         if sample_weight is not None:
             W = _check_sample_weight(sample_weight, X, zero_weight_ok=zero_weight_ok)
+        observed = None if W is None else _observed(W)
         # X is finite (checked above) where it counts: infinite there means beyond the dtype
-        overflow = torch.isinf(X) if W is None else torch.isinf(X) & _observed(W)
+        overflow = torch.isinf(X) if W is None else torch.isinf(X) & observed
         if overflow.any():
             raise ValueError(
                 f"X has entries beyond the range of dtype={self.dtype!r} (largest "
@@ -684,7 +682,6 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 "feature_metric or sample_metric every entry enters the error, so no entry "
                 "can be missing."
             )
-        observed = _observed(W)
         bad = missing & observed
         if bad.any():
             raise ValueError(

@@ -6,7 +6,15 @@ import time
 
 import torch
 
-from ._common import Factors, energy, objective, uniform_weight, value_scale, weight_scale
+from ._common import (
+    Factors,
+    energy,
+    objective,
+    uniform_weight,
+    value_scale,
+    weight_scale,
+    weights_in_range,
+)
 from .als import als, als_cg, weighted_row_solve
 from .closed_form import SVD_SOLVERS, fwsvd, rank1, rank_one_approximation, svd
 from .em import em
@@ -45,7 +53,7 @@ __all__ = [
     "solve",
     "uniform_weight",
     "value_scale",
-    "weight_scale",
+    "weights_in_range",
     "weighted_row_solve",
 ]
 

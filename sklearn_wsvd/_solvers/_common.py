@@ -97,22 +97,27 @@ def value_scale(X) -> float:
     return 4.0 ** min(max(round(math.log(top, 4)), -limit), limit)
 
 
+def weights_in_range(W):
+    """``(W / w, w)`` for the largest weight ``w`` where it exceeds ``2^16``, else ``(W, 1)``.
+
+    Products of such weights with squares of the data stay inside float32's range.
+    """
+    w = weight_scale(W)
+    return (W / w, w) if w > _SAFE_MAGNITUDE[1] else (W, 1.0)
+
+
 def energy(X, W) -> float:
     """``sum W X**2`` as a Python float, without the dtype's under- or overflow.
 
-    The data are divided by :func:`value_scale` and, where the largest weight is
-    beyond ``2^16``, the weights by it.
+    The data are divided by :func:`value_scale` and the weights as
+    :func:`weights_in_range` does.
     """
     s = value_scale(X)
     squares = X.square() if s == 1.0 else (X / s).square_()
     w = uniform_weight(W)
     if w is None:
-        w = weight_scale(W)
-        if w <= _SAFE_MAGNITUDE[1]:
-            squares.mul_(W)
-            w = 1.0
-        else:
-            squares.mul_(W / w)
+        W, w = weights_in_range(W)
+        squares.mul_(W)
     return float(squares.sum()) * w * s * s
 
 

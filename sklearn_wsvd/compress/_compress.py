@@ -420,9 +420,8 @@ def compress_model(
                             weights[name], A, B, paired.pop(name), stats.get(name)
                         )
                     replace(name, A, B)
-                    del weights[
-                        name
-                    ]  # streaming: a replaced layer's weight and statistics are let go
+                    # streaming: a replaced layer's weight and statistics are let go
+                    del weights[name]
                     stats.pop(name, None)
                     k = A.shape[1]
                     report.layers.append(
