@@ -666,23 +666,14 @@ def test_shared_or_skipped_blocks_fall_back_to_full_passes():
 def test_a_key_value_cache_is_not_captured_with_the_blocks_inputs():
     # A user's wrapper without a config: the backbone makes a cache, which the
     # runner must not keep (rerunning a block would append to it).
-    transformers = pytest.importorskip("transformers")
-    from sklearn_wsvd.compress._sequential import BlockRunner, stages
+    from test_io import tiny_llama
 
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=60,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-    )
+    from sklearn_wsvd.compress._sequential import BlockRunner, stages
 
     class Wrap(nn.Module):
         def __init__(self):
             super().__init__()
-            self.backbone = transformers.LlamaModel(config)
+            self.backbone = tiny_llama().model
             self.head = nn.Linear(32, 2)
 
         def forward(self, input_ids):
