@@ -474,6 +474,43 @@ def test_complete_rank_keeps_full_rank_starts_and_the_product_of_deficient_ones(
     )
 
 
+def test_complete_rank_under_a_ridge_adds_only_the_directions_that_lower_the_objective(rng):
+    # A warm start along a path of penalties: the ridge zeroed some components.
+    # Under uniform weights the directions that lower the objective are the
+    # singular pairs of the residual above alpha; the others stay zero.
+    from sklearn_wsvd._solvers import complete_rank
+
+    X = torch.as_tensor(rng.normal(size=(30, 20)))
+    W = torch.ones_like(X)
+    U, s, Vt = torch.linalg.svd(X, full_matrices=False)
+    alpha = float(s[3] + s[4]) / 2  # four singular values above it
+    A = torch.zeros(30, 8, dtype=X.dtype)
+    B = torch.zeros(8, 20, dtype=X.dtype)
+    A[:, 0], B[0] = U[:, 0] * (s[0] - alpha).sqrt(), (s[0] - alpha).sqrt() * Vt[0]
+    A2, B2 = complete_rank(X, W, A, B, alpha)
+    torch.testing.assert_close(A2 @ B2, (U * (s - alpha).clamp_min(0)) @ Vt, rtol=0, atol=1e-10)
+    assert int((torch.linalg.vector_norm(A2, dim=0) > 0).sum()) == 4
+    # above every singular value of the residual nothing is added
+    A3, B3 = complete_rank(X, W, A, B, float(s[0]) * 1.01)
+    torch.testing.assert_close(A3 @ B3, A @ B, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(30, 50), (50, 30)])
+def test_top_singular_pairs_are_the_exact_ones_above_the_threshold(rng, shape):
+    G = torch.as_tensor(rng.normal(size=shape))
+    U, s, Vt = torch.linalg.svd(G, full_matrices=False)
+    above = float(s[4] + s[5]) / 2
+    for r, n in ((8, 5), (3, 3)):
+        Up, Vp = _common._top_singular_pairs(G, r, above)
+        assert Up.shape == (shape[0], n) and Vp.shape == (n, shape[1])
+        # singular vectors up to sign
+        signs = torch.sign((Up * U[:, :n]).sum(0))
+        torch.testing.assert_close(Up * signs, U[:, :n], rtol=0, atol=1e-10)
+        torch.testing.assert_close(Vp * signs[:, None], Vt[:n], rtol=0, atol=1e-10)
+    Up, Vp = _common._top_singular_pairs(G, 8, float(s[0]) * 1.01)
+    assert Up.shape == (shape[0], 0) and Vp.shape == (0, shape[1])
+
+
 def _hidden_digits(fraction=0.9, rows=600):
     from sklearn.datasets import load_digits
 
@@ -557,11 +594,12 @@ def test_row_solve_ignores_the_weights_scale(rng):
 
 
 @pytest.mark.parametrize("above", [False, True])
-def test_a_revival_is_certified_by_the_exact_svd(rng, above):
+def test_a_revival_is_certified_by_the_exact_svd(rng, above, monkeypatch):
     # On pure noise (a flat spectrum) the randomized SVD that a revival tries
-    # first finds u^T X v about 1% below the top singular value. Between the two,
-    # only the exact SVD sees that a new component lowers the objective; above
-    # the top, nothing may be revived.
+    # first on large matrices (here on this one) finds u^T X v about 1% below the
+    # top singular value. Between the two, only the exact pairs see that a new
+    # component lowers the objective; above the top, nothing may be revived.
+    monkeypatch.setattr(closed_form, "REVIVE_RANDOMIZED_MIN_SIDE", 100)
     X = torch.as_tensor(rng.normal(size=(400, 300)))
     W = torch.ones_like(X)
     A, B = torch.zeros(400, 2, dtype=X.dtype), torch.zeros(2, 300, dtype=X.dtype)

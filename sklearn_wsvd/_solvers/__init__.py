@@ -10,6 +10,7 @@ from ._common import (
     Factors,
     energy,
     objective,
+    revive,
     uniform_weight,
     value_scale,
     weight_scale,
@@ -198,8 +199,14 @@ def complete_rank(X, W, A, B, alpha: float = 0.0, svd_solver: str = "auto"):
     Where ``A @ B`` has rank ``r``, the objective's gradient vanishes in the
     directions the factors lack (a saddle point): zero factors, say, stay zero
     under every solver. The product's rank-``r`` part is kept (as balanced SVD
-    factors) and the ``"rank1"`` closed form of rank ``k - r`` fitted to the
-    residual is added, scaled by the step along it that lowers the objective most.
+    factors). Without a ridge, the ``"rank1"`` closed form of rank ``k - r``
+    fitted to the residual is added, scaled by the step along it that lowers the
+    objective most. With one, the optimum leaves every component zero along
+    which the objective does not fall, so the missing components take only the
+    directions that lower it (:func:`~sklearn_wsvd._solvers._common.revive`;
+    the rest stay zero): a warm start along a path of penalties, whose previous
+    fit the larger ridge left with fewer components, then keeps its zeros rather
+    than spending iterations shrinking a rank-one fit of them back to zero.
     Full-rank pairs are returned unchanged.
     """
     k = A.shape[1]
@@ -212,12 +219,16 @@ def complete_rank(X, W, A, B, alpha: float = 0.0, svd_solver: str = "auto"):
         return A, B
     root = S[:r].sqrt()
     A0, B0 = (Qa @ U[:, :r]) * root, root[:, None] * (Vt[:r] @ Qb.T)
+    if alpha > 0:
+        A0 = torch.cat([A0, A0.new_zeros(A0.shape[0], k - r)], dim=1)
+        B0 = torch.cat([B0, B0.new_zeros(k - r, B0.shape[1])], dim=0)
+        revived = revive(X, W, A0, B0, alpha, objective(X, W, A0, B0, alpha), tol=0.0)
+        return (A0, B0) if revived is None else revived
     R = X - A0 @ B0
     A1, B1 = rank1(R, W, k - r, alpha, svd_solver)
     M = A1 @ B1
     curvature = float((W * M.square()).sum())
-    if curvature > 0:  # the best step t along M, with the ridge's t (|A1|^2 + |B1|^2)
-        gain = float((W * R * M).sum()) - 0.5 * alpha * float(A1.square().sum() + B1.square().sum())
-        t = max(gain / curvature, 1e-3)
+    if curvature > 0:  # the best step t along M
+        t = max(float((W * R * M).sum()) / curvature, 1e-3)
         A1, B1 = A1 * t**0.5, B1 * t**0.5
     return torch.cat([A0, A1], dim=1), torch.cat([B0, B1], dim=0)

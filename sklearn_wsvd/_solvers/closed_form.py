@@ -12,9 +12,10 @@ from ._common import tiny
 # takes 5 power iterations and 10 extra vectors.
 RANDOMIZED_MIN_SIDE = 500
 # A revival (_common.revive) needs only the few singular pairs above the ridge and
-# has the exact SVD to fall back on: there the randomized SVD is tried from this
-# smaller side on, where for so few vectors it already costs less than LAPACK's.
-REVIVE_RANDOMIZED_MIN_SIDE = 128
+# has exact pairs (from a Gram matrix) to fall back on: there the randomized SVD is
+# tried first from this smaller side on, where it costs less than the Gram matrix's
+# eigendecomposition (1024 x 1024, 64 pairs: 74 ms against 127 ms on 2 cores).
+REVIVE_RANDOMIZED_MIN_SIDE = 1024
 SVD_SOLVERS = ("auto", "full", "randomized")
 
 
