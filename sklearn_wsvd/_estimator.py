@@ -682,12 +682,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 "feature_metric or sample_metric every entry enters the error, so no entry "
                 "can be missing."
             )
-        bad = missing & observed
-        if bad.any():
-            raise ValueError(
-                f"X contains {int(bad.sum())} NaN or infinite entries where sample_weight "
-                "is non-zero; NaN is allowed only where the weight is zero (missing entries)."
-            )
+        _check_missing_unweighted(missing, observed)
         # Entries of zero weight never influence the result, whatever they hold.
         X = torch.where(observed, X, 0.0)
         return X_in, X, W
@@ -762,6 +757,16 @@ def _check_tensor_X(X, allow_nan):
     finite = torch.isfinite(X) | (torch.isnan(X) if allow_nan else False)
     if not finite.all():
         raise ValueError("Input X contains NaN or infinity.")
+
+
+def _check_missing_unweighted(missing, observed):
+    """Raise unless every missing entry (NaN or infinite in X) has weight zero."""
+    bad = missing & observed
+    if bad.any():
+        raise ValueError(
+            f"X contains {int(bad.sum())} NaN or infinite entries where sample_weight "
+            "is non-zero; NaN is allowed only where the weight is zero (missing entries)."
+        )
 
 
 def _check_sample_weight(sample_weight, X, *, zero_weight_ok=False):

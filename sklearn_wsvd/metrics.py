@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from numbers import Integral
 
 import numpy as np
 import torch
+
+from ._validation import check_rank
 
 
 def weighted_error(X, X_hat, sample_weight=None, *, relative: bool = False) -> float:
@@ -137,8 +138,7 @@ def loss_estimate(
 
 def truncated(weight, rank: int) -> torch.Tensor:
     """The best rank-``rank`` approximation of ``weight`` (plain truncated SVD), float64."""
-    if isinstance(rank, bool) or not isinstance(rank, Integral) or rank < 1:
-        raise ValueError(f"rank must be a positive integer, got {rank!r}.")
+    rank = check_rank(rank)
     U, S, Vt = torch.linalg.svd(_float64(weight), full_matrices=False)
     return (U[:, :rank] * S[:rank]) @ Vt[:rank]
 

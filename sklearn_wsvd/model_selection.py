@@ -31,7 +31,7 @@ from sklearn.utils import check_array, check_scalar
 from sklearn.utils.metadata_routing import MetadataRequest
 
 from ._backend import to_numpy, to_tensor
-from ._estimator import _check_sample_weight
+from ._estimator import _check_missing_unweighted, _check_sample_weight
 
 __all__ = ["HiddenEntryScorer", "alpha_path"]
 
@@ -319,12 +319,8 @@ def _dense(X, sample_weight):
     """Element-wise weights, validated as the estimator's: one where ``X`` is finite when None."""
     if sample_weight is None:
         return np.isfinite(X).astype(np.float64)
-    W = to_numpy(_check_sample_weight(sample_weight, torch.from_numpy(X)))
-    W = np.broadcast_to(W[:, None] if W.ndim == 1 else W, X.shape)
-    bad = int((np.isnan(X) & (W > 0)).sum())
-    if bad:
-        raise ValueError(
-            f"X contains {bad} NaN entries where sample_weight is non-zero; NaN is allowed "
-            "only where the weight is zero (missing entries)."
-        )
-    return W
+    X = torch.from_numpy(X)
+    W = _check_sample_weight(sample_weight, X)
+    W = W[:, None].expand(X.shape) if W.ndim == 1 else W
+    _check_missing_unweighted(torch.isnan(X), W > 0)
+    return to_numpy(W)

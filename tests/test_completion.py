@@ -269,7 +269,11 @@ def _bad_completions():
     X, W, _ = noisy_completion(m=30, n=8)
     return (
         [
-            ({"sample_weight": np.ones_like(W)}, ValueError, "NaN entries where sample_weight is"),
+            (
+                {"sample_weight": np.ones_like(W)},
+                ValueError,
+                "NaN or infinite entries where sample_weight is",
+            ),
             ({"sample_weight": W[:, :5]}, ValueError, r"sample_weight has shape \(30, 5\)"),
             ({"sample_weight": np.ones(5)}, ValueError, r"sample_weight has shape \(5,\)"),
             ({"sample_weight": -W}, ValueError, "sample_weight must be non-negative"),

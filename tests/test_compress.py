@@ -461,9 +461,9 @@ def test_a_solver_is_checked_and_only_for_the_iterative_fisher_method():
         compress_model(mlp(), rank=2, method="svd", solver="als", progress=False)
 
 
-@pytest.mark.parametrize("rank", [0, -1, 2.5])
+@pytest.mark.parametrize("rank", [0, -1, 2.5, True])
 def test_a_low_rank_layer_needs_a_positive_integer_rank(rank):
-    with pytest.raises(ValueError, match="rank must be a positive int"):
+    with pytest.raises(ValueError, match="rank must be a positive integer"):
         LowRankLinear(4, 3, rank)
 
 

@@ -9,6 +9,7 @@ from numbers import Integral, Real
 import torch
 
 from .._solvers.closed_form import rank_one_approximation
+from .._validation import is_positive_int
 from .._whitening import metric_root
 from .calibration import KINDS, LayerStatistics, statistics_from_importance
 from .methods import DEFAULT_DAMPING, OUTPUT_DAMPING, shrink
@@ -177,10 +178,6 @@ def check_rank(name, k, shape, min_saving):
     return None if k > max_saving_rank(m, n, min_saving) else k
 
 
-def _positive_int(r) -> bool:
-    return isinstance(r, Integral) and not isinstance(r, bool) and r >= 1
-
-
 def resolve_ranks(rank, ratio, param_budget, weights, statistics, shapes, min_saving, **damping):
     if rank is not None:
         if isinstance(rank, dict):
@@ -200,13 +197,13 @@ def resolve_ranks(rank, ratio, param_budget, weights, statistics, shapes, min_sa
             if bad:
                 raise ValueError(f"rank's values must be integers, got {bad}.")
             return {n: int(rank[n]) for n in shapes}
-        if not _positive_int(rank):
+        if not is_positive_int(rank):
             raise ValueError(f"rank must be a positive integer or a dict, got {rank!r}.")
         return dict.fromkeys(shapes, int(rank))
     if ratio is not None:
         return _uniform_ranks(shapes, ratio, min_saving)
     total = sum(m * n for m, n in shapes.values())
-    if _positive_int(param_budget):
+    if is_positive_int(param_budget):
         budget = int(param_budget)
     elif (
         isinstance(param_budget, Real)

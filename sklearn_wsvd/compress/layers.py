@@ -6,10 +6,11 @@ from __future__ import annotations
 import copy
 import sys
 import warnings
-from numbers import Integral
 
 import torch
 from torch import nn
+
+from .._validation import check_rank
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -64,8 +65,7 @@ class LowRankLinear(nn.Module):
     """
 
     def __init__(self, in_features, out_features, rank, bias=True, device=None, dtype=None):
-        if not (isinstance(rank, Integral) and rank >= 1):
-            raise ValueError(f"rank must be a positive int, got {rank!r}.")
+        rank = check_rank(rank)
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
