@@ -353,12 +353,17 @@ def compress(args) -> int:
         f"{plan.path}: {type(model).__name__} ({plan.task}), "
         f"{sum(p.numel() for p in model.parameters()):,} parameters, on {plan.device}"
     )
-    calibration, held_out = _batches(args, plan, model, tokenizer)
+    calibration, held_out, (cut, max_length) = _batches(args, plan, model, tokenizer)
     if calibration:
         n_calibration = len(plan.texts) - plan.n_eval
         say(
             f"calibrating on {min(n_calibration, args.calibration_samples)} texts of {args.data}"
             + (f", {plan.n_eval} held out for evaluation" if plan.n_eval else "")
+        )
+    if cut:
+        say(
+            f"{cut} of those texts are longer than {max_length} tokens and were cut to it "
+            "(--max-length, at most the model's number of positions)"
         )
     evaluate = _evaluator(plan.task, plan.labels is not None)
     before = evaluate(model, held_out) if held_out and evaluate else None
@@ -443,9 +448,12 @@ def _load(args, plan):
 
 
 def _batches(args, plan, model, tokenizer):
-    """Calibration and held-out batches (lists of dicts on the model's device), or Nones."""
+    """Calibration and held-out batches (lists of dicts on the model's device), or Nones.
+
+    Also how many of their texts were cut, and to how many tokens.
+    """
     if not plan.texts:
-        return None, None
+        return None, None, (0, None)
     import numpy as np
     import torch
 
@@ -459,13 +467,18 @@ def _batches(args, plan, model, tokenizer):
 
     # Longer texts than the model has positions for would fail inside its embeddings.
     max_length = min(args.max_length, _position_limit(model, tokenizer))
+    cut = 0
 
     def encode(indices):
+        nonlocal cut
         out = []
         for i in range(0, len(indices), args.batch_size):
             chunk = indices[i : i + args.batch_size]
+            texts = [plan.texts[j] for j in chunk]
+            full = tokenizer(texts, verbose=False)["input_ids"]
+            cut += sum(len(ids) > max_length for ids in full)
             enc = tokenizer(
-                [plan.texts[j] for j in chunk],
+                texts,
                 padding=True,
                 truncation=True,
                 max_length=max_length,
@@ -481,7 +494,7 @@ def _batches(args, plan, model, tokenizer):
             out.append(batch)
         return out
 
-    return encode(rest), encode(held)
+    return encode(rest), encode(held), (cut, max_length)
 
 
 def _position_limit(model, tokenizer) -> float:

@@ -254,10 +254,11 @@ def test_classifier_heads_are_left_alone_by_default(files, capsys):
     assert not any(".layer.1." in n for n in names)
 
 
-def test_texts_longer_than_the_models_positions_are_cut_to_them(files, tmp_path):
+def test_texts_longer_than_the_models_positions_are_cut_to_them(files, tmp_path, capsys):
     # GPT-2 here has 32 positions; the texts run to 120 words, the default --max-length 128.
     argv = ["compress", str(files / "gpt2"), "--data", str(files / "long.txt"), "--ratio", "0.5"]
     assert cli.main([*argv, "--out", str(tmp_path / "small")]) == 0
+    assert "texts are longer than 32 tokens and were cut to it" in capsys.readouterr().out
 
 
 def test_the_position_limit_counts_robertas_offset():
