@@ -616,3 +616,25 @@ def test_t5_runs_compressed_and_reloads():
         loaded = transformers.T5ForConditionalGeneration.from_pretrained(tmp)
         got = loaded(input_ids=ids(), decoder_input_ids=ids(1)).logits
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["svd-llm", "kfac"])
+def test_sequential_calibration_of_t5_from_batches_with_labels_only(method):
+    # T5 builds its decoder's inputs from the labels: the sequential passes used to
+    # drop the labels and fail in the decoder with "exactly one of input_ids".
+    from sklearn_wsvd.compress import compress_model
+
+    torch.manual_seed(0)
+    config = transformers.T5Config(
+        vocab_size=60, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
+        decoder_start_token_id=0, pad_token_id=0,
+    )  # fmt: skip
+    model = transformers.T5ForConditionalGeneration(config).eval()
+    batches = [{"input_ids": ids(seed), "labels": ids(seed + 1)} for seed in range(2)]
+    small, report = compress_model(
+        model, ratio=0.5, method=method, batches=batches, sequential=True, progress=False
+    )
+    decoder = [r for r in report.layers if r.name.startswith("decoder.")]
+    assert decoder and all(isinstance(small.get_submodule(r.name), LowRankLinear) for r in decoder)
+    with torch.no_grad():
+        assert torch.isfinite(small(**batches[0]).loss)

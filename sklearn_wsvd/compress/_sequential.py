@@ -288,8 +288,9 @@ def _hidden(out):
 
 
 def _run(model, batch, loss_fn):
-    """The forward pass of a calibration batch, without labels (no loss) and without a
-    key-value cache (a cache object shared by the blocks would grow at every rerun)."""
+    """The forward pass of a calibration batch without a key-value cache (a cache
+    object shared by the blocks would grow at every rerun). Labels stay: an
+    encoder-decoder model (T5) builds its decoder's inputs from them."""
     config = getattr(model, "config", None)
     use_cache = getattr(config, "use_cache", None)
     if use_cache:
@@ -298,7 +299,7 @@ def _run(model, batch, loss_fn):
         if loss_fn is not None:
             return model(batch[0])
         if isinstance(batch, Mapping):
-            return model(**{k: v for k, v in batch.items() if k != "labels"})
+            return model(**batch)
         return _forward(model, batch, None)
     finally:
         if use_cache:
