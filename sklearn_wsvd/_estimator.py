@@ -682,7 +682,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 "feature_metric or sample_metric every entry enters the error, so no entry "
                 "can be missing."
             )
-        _check_missing_unweighted(missing, observed)
+        _check_missing_entries(missing, observed)
         # Entries of zero weight never influence the result, whatever they hold.
         X = torch.where(observed, X, 0.0)
         return X_in, X, W
@@ -759,7 +759,7 @@ def _check_tensor_X(X, allow_nan):
         raise ValueError("Input X contains NaN or infinity.")
 
 
-def _check_missing_unweighted(missing, observed):
+def _check_missing_entries(missing, observed):
     """Raise unless every missing entry (NaN or infinite in X) has weight zero."""
     bad = missing & observed
     if bad.any():

@@ -31,7 +31,7 @@ from sklearn.utils import check_array, check_scalar
 from sklearn.utils.metadata_routing import MetadataRequest
 
 from ._backend import to_numpy, to_tensor
-from ._estimator import _check_missing_unweighted, _check_sample_weight
+from ._estimator import _check_missing_entries, _check_sample_weight
 
 __all__ = ["HiddenEntryScorer", "alpha_path"]
 
@@ -322,5 +322,5 @@ def _dense(X, sample_weight):
     X = torch.from_numpy(X)
     W = _check_sample_weight(sample_weight, X)
     W = W[:, None].expand(X.shape) if W.ndim == 1 else W
-    _check_missing_unweighted(torch.isnan(X), W > 0)
+    _check_missing_entries(torch.isnan(X), W > 0)
     return to_numpy(W)
