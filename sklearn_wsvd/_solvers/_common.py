@@ -300,8 +300,8 @@ def _top_singular_pairs(G, r: int, above: float):
     float64: exact enough to tell which singular values exceed ``above`` (their
     squares are accurate to about 1e-16 of the largest), and several times
     cheaper than LAPACK's SVD. The eigenvalues come first: where none exceeds
-    ``above`` (a converged fit), no eigenvector is computed, which costs about a
-    third as much again.
+    ``above`` (a converged fit), no eigenvector is computed (the eigenvalues
+    alone cost about a third of the whole eigendecomposition).
     """
     M = G.double() if G.shape[0] <= G.shape[1] else G.T.double()
     gram = M @ M.T
