@@ -28,7 +28,8 @@ SOLVERS = ("auto", *CLOSED_FORM, *ITERATIVE)
 INITS = ("svd", "fwsvd", "rank1", "random")
 # Starting points take a randomized SVD (when k is at most a quarter of the smaller
 # side) from this side on, where the closed forms' "auto" still takes the exact one:
-# it is faster from 200 x 200 on, and the solvers refine the start anyway.
+# there it already costs less than LAPACK's for ranks well below a quarter of the
+# side, and the solvers refine the start anyway.
 RANDOMIZED_START_MIN_SIDE = 100
 DEFAULT_MAX_ITER = {"als": 100, "als-cg": 200, "ncg": 500, "em": 500, "adam": 300}
 # Options for a start given as factors, a fit to refine (a warm start along a path

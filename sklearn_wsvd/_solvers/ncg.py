@@ -63,7 +63,7 @@ def ncg(X, W, A, B, *, alpha=0.0, max_iter=1000, tol=1e-5, sweeps=3, cg_steps=3,
     The sweeps (those of ``"als-cg"``) fit every row and column nearly exactly
     under its own weights, which the rank-one preconditioner cannot do where the
     weights are far from rank one (per-sample Fisher information: there the
-    joint steps alone took up to four times as long to come within 1%); from
+    joint steps alone came within 1% several times later in our trials); from
     that start the joint steps converge faster than alternation, which zigzags.
 
     Every matrix-sized temporary lives in four buffers allocated once

@@ -32,7 +32,8 @@ from .layers import LowRankLinear, dense_weight, linear_shape, set_submodule
 from .methods import DEFAULT_DAMPING, METHODS, OUTPUT_DAMPING, get_method
 from .report import CompressionReport, LayerReport
 
-# The default method: the one that measured best (benchmarks/bench_compression.py).
+# The default method: of those fitted in one pass, the one that measured best
+# (benchmarks/bench_compression.py, bench_decoder.py).
 DEFAULT_METHOD = "kfac"
 # A factorised layer must save at least this fraction of its weights, or it stays dense:
 # a second matmul for a few percent is a loss in speed.
@@ -171,8 +172,8 @@ def compress_model(
         "kfac" (the Kronecker-factored curvature: the least predicted loss
         increase) when its statistics are there or the batches define a loss,
         else the best that they allow ("svd-llm" with inputs only, "tfwsvd" with
-        a Fisher only, "svd" without statistics). The best measured recipe is
-        "kfac" with ``param_budget`` (ranks spread by the K-FAC loss estimate):
+        a Fisher only, "svd" without statistics). The best recipe measured in
+        one pass is "kfac" with ``param_budget`` (ranks spread by the K-FAC loss estimate):
         what ``compress_model(model, param_budget=f, batches=labelled_batches)``
         does.
     statistics : dict of str to LayerStatistics, optional
@@ -194,12 +195,13 @@ def compress_model(
         and only weights its error by the inputs it will see,
         ``min |(W - W') X~|``. For methods that use the inputs ("asvd",
         "svd-llm", "kfac"); needs ``batches`` as a sequence. Measured
-        (``benchmarks/results/``): "refit" helped the two encoders (up to 0.03
-        accuracy) and ruined the decoder (SmolLM2's perplexity 57 -> 745 with
-        "kfac" and a budget at 80% kept: each refitted layer's own error is
-        lower, yet the hidden states drift over twice as far from the original
-        model's); "reweight" moved the encoders within noise and lowered
-        "svd-llm"'s perplexity on the decoder (102 -> 93 at 80% kept). Off unless asked.
+        (``benchmarks/results/``): "refit" helped the two encoders (up to 0.056
+        accuracy over the same method in one pass) and ruined the decoder
+        (SmolLM2's perplexity 57 -> 745 with "kfac" and a budget at 80% kept:
+        each refitted layer's own error is lower, yet the hidden states drift
+        over twice as far from the original model's); "reweight" moved the
+        encoders within noise and lowered "svd-llm"'s perplexity on the decoder
+        (102 -> 93 at 80% kept). Off unless asked.
     importance : dict of str to tensor, optional
         A diagonal Fisher per layer (:func:`fisher_importance`), for the Fisher
         methods: a shorthand for statistics holding only that.

@@ -107,7 +107,7 @@ def allocate_ranks(
     ):
         # Inputs alone say nothing of how the loss weighs one layer's output error
         # against another's; spreading by relative output error measured worse than a
-        # uniform fraction (benchmarks/results/compression-*.md), so: uniform.
+        # uniform fraction (benchmarks/results/exploration-bbc.md), so: uniform.
         total = sum(m * n for m, n in shapes.values())
         return _uniform_ranks(shapes, (budget or 0) / total, min_saving)
     gains = []
