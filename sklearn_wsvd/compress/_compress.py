@@ -200,7 +200,7 @@ def compress_model(
         (SmolLM2's perplexity 57 -> 745 with "kfac" and a budget at 80% kept:
         each refitted layer's own error is lower, yet the hidden states drift
         over twice as far from the original model's); "reweight" moved the
-        encoders within noise and lowered "svd-llm"'s perplexity on the decoder
+        encoders' accuracy by -0.020 to +0.012 and lowered "svd-llm"'s perplexity on the decoder
         (102 -> 93 at 80% kept). Off unless asked.
     importance : dict of str to tensor, optional
         A diagonal Fisher per layer (:func:`fisher_importance`), for the Fisher
