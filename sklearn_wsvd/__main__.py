@@ -90,6 +90,16 @@ def _param_budget(text):
     return value
 
 
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
 def _regex(text):
     try:
         re.compile(text)
@@ -170,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--text-column", metavar="NAME", default="text", help="the text column of a CSV"
     )
     data.add_argument(
-        "--label-column", metavar="NAME", default="label", help="the label column of a CSV"
+        "--label-column",
+        metavar="NAME",
+        help="the label column of a CSV (default: 'label', if it has one)",
     )
     data.add_argument(
         "--calibration-samples",
@@ -188,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(causal-lm), accuracy and loss (labelled sequence-classification), cosine similarity "
         "of the mean-pooled embeddings (feature-extraction); 0 skips it",
     )
-    data.add_argument("--seed", metavar="N", type=int, default=0, help="seed of the held-out split")
+    data.add_argument(
+        "--seed", metavar="N", type=_seed, default=0, help="seed of the held-out split"
+    )
     data.add_argument(
         "--batch-size", metavar="N", type=_positive_int, default=8, help="texts per batch"
     )
@@ -327,10 +341,21 @@ def main(argv=None) -> int:
             return exc.code if isinstance(exc.code, int) else 0
         except KeyboardInterrupt:
             return 130
-        except (UsageError, ValueError) as exc:
+        except UsageError as exc:
             return _fail(exc, 2, debug)
+        except ValueError as exc:  # ours name a bad input; a library's is a failure
+            return _fail(exc, 2 if _raised_here(exc) else 1, debug)
         except Exception as exc:  # anything else: one line too, the traceback with --debug
             return _fail(exc, 1, debug)
+
+
+def _raised_here(exc) -> bool:
+    """Whether ``exc`` was raised by this package's code (not by a library it called)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    here = Path(__file__).resolve().parent
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(here)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):

@@ -16,7 +16,10 @@ from pathlib import Path
 TASKS = ("auto", "causal-lm", "sequence-classification", "feature-extraction")
 # Layers that are heads, not body: left alone unless --include-heads. The output
 # embedding head (lm_head) is skipped by compress_model itself.
-HEADS = r"(.*\.)?(pooler|classifier|pre_classifier|score)(\..*)?"
+HEADS = (
+    r"(.*\.)?(pooler|classifier|pre_classifier|score|classification_head|qa_outputs"
+    r"|sequence_summary|logits_proj)(\..*)?"
+)
 DTYPES = ("float32", "float16", "bfloat16")
 REPORTS = ("text", "json", "csv")
 REPORT_SUFFIXES = {".json": "json", ".csv": "csv", ".txt": "text"}
@@ -51,6 +54,9 @@ class _Plan:
     sentence_transformer: bool = False
     report_file_format: str | None = None
     gguf_file: str | None = None  # a .gguf model: its name inside ``path``
+    # the transformers class of a model loaded as saved (feature-extraction with a
+    # head the other tasks do not know: token classification, say); None: the task's
+    model_class: str | None = None
 
     def source(self) -> dict:
         """from_pretrained's arguments besides the path: local only, the GGUF file if any."""
@@ -80,6 +86,7 @@ def _check(args) -> _Plan:
     if not isinstance(config, dict):
         raise UsageError(f"{config_file} is not a JSON object")
     plan = _Plan(path, config, _task(args.task, config, config_file))
+    plan.model_class = _saved_class(plan, config_file)
     plan.sentence_transformer = plan.task == "feature-extraction" and _has_sentence_transformers(
         path
     )
@@ -174,6 +181,31 @@ def _task(requested, config, source) -> str:
     return task
 
 
+def _saved_class(plan, source) -> str | None:
+    """The class named in config.json, where the task's auto class would load another one.
+
+    A feature-extraction run loads the body (``AutoModel``) of a model that is
+    only a body; a model saved with a head that no task here knows (token
+    classification, question answering, a T5 encoder) is loaded as saved, so
+    that its head is kept and no untrained weights are added.
+    """
+    import transformers
+    from transformers.models.auto import modeling_auto as auto
+
+    architectures = plan.config.get("architectures") or []
+    if plan.task != "feature-extraction" or not architectures:
+        return None
+    name = architectures[0]
+    if auto.MODEL_MAPPING_NAMES.get(plan.config.get("model_type")) == name:
+        return None
+    if not isinstance(getattr(transformers, name, None), type):
+        raise UsageError(
+            f"{source}: transformers has no class {name!r} (the architecture it names); "
+            "a model of custom code cannot be loaded here"
+        )
+    return name
+
+
 def _has_sentence_transformers(path) -> bool:
     import importlib.util
 
@@ -191,37 +223,62 @@ def _read_data(args, plan):
     suffix = path.suffix.lower()
     texts, raw = [], []
     try:
-        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             if suffix not in (".csv", ".tsv"):
                 texts = [line.strip() for line in f if line.strip()]
             else:
-                reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+                # a TSV's fields are taken as they are: a quote inside one is text
+                quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
+                reader = csv.DictReader(
+                    f, delimiter="\t" if suffix == ".tsv" else ",", quoting=quoting
+                )
                 columns = reader.fieldnames or []
                 if args.text_column not in columns:
                     raise UsageError(
                         f"--data {path} has no column {args.text_column!r} (its columns: "
                         f"{', '.join(columns) or 'none'}); name one with --text-column"
                     )
-                labelled = want_labels and args.label_column in columns
+                labelled = want_labels and (args.label_column or "label") in columns
                 for row in reader:
                     text = (row.get(args.text_column) or "").strip()
                     if not text:
                         continue
                     texts.append(text)
                     if labelled:
-                        raw.append((reader.line_num, (row.get(args.label_column) or "").strip()))
+                        label = row.get(args.label_column or "label") or ""
+                        raw.append((reader.line_num, label.strip()))
     except csv.Error as exc:
         raise UsageError(f"--data {path} is not a valid CSV ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"--data {path} is not UTF-8 text (byte {exc.start}): give a .txt of lines, "
+            "a .csv or a .tsv"
+        ) from None
     except OSError as exc:
         raise UsageError(f"--data {path}: {exc.strerror or exc}") from None
     if not texts:
         raise UsageError(f"--data {path} holds no text")
+    if any("\x00" in text for text in texts):
+        raise UsageError(f"--data {path} holds NUL bytes: not a text file")
+    if want_labels and suffix in (".csv", ".tsv") and not raw and args.label_column is not None:
+        raise UsageError(
+            f"--data {path} has no column {args.label_column!r} (its columns: "
+            f"{', '.join(columns)}); name the label column with --label-column, or leave it "
+            "out to calibrate without labels"
+        )
     return texts, (_label_ids(raw, plan.config, path) if raw else None)
 
 
 def _label_ids(raw, config, path) -> list[int]:
     """Label names (config.json's label2id) or ids in [0, num_labels), checked row by row."""
     n = len(config.get("id2label") or {}) or int(config.get("num_labels") or 2)
+    if n == 1 or config.get("problem_type") in ("regression", "multi_label_classification"):
+        raise UsageError(
+            f"--data {path} has labels, but the model has one output or is not a single-label "
+            "classifier (problem_type "
+            f"{config.get('problem_type')!r}): its labels cannot calibrate it here; drop the "
+            "label column to calibrate on the texts alone"
+        )
     label2id = config.get("label2id") or {f"LABEL_{i}": i for i in range(n)}
     out = []
     for line, value in raw:
@@ -251,7 +308,7 @@ def _check_method(args, plan):
         elif not has_text:
             why = "give --data (text for a causal LM, a labelled CSV for a classifier)"
         else:
-            why = f"--data {args.data} has no label column {args.label_column!r}"
+            why = f"--data {args.data} has no label column {args.label_column or 'label'!r}"
         raise UsageError(
             f"--method {args.method} needs the gradients of a loss: {why}; or use a method "
             f"that needs only inputs ({inputs_only}) or 'svd'"
@@ -281,23 +338,35 @@ def _check_targets(args, plan):
     try:
         config = transformers.AutoConfig.from_pretrained(plan.path, **plan.source())
         with torch.device("meta"):
-            skeleton = _auto_class(plan.task).from_config(config)
+            cls = _model_class(plan)
+            skeleton = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
     except Exception as exc:  # transformers' own errors for a config it cannot build
         raise UsageError(f"{plan.path}: transformers cannot build its model ({exc})") from None
+    if (
+        args.data is not None
+        and "decoder_input_ids" in inspect.signature(skeleton.forward).parameters
+    ):
+        raise UsageError(
+            f"{plan.path}: {type(skeleton).__name__} is an encoder-decoder model, whose decoder "
+            "needs its own inputs: the command line cannot calibrate it on --data (compress it "
+            "without --data, or in Python with compress_model and batches that hold labels)"
+        )
     try:
         find_targets(skeleton, args.target, plan.exclude)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
 
-def _auto_class(task):
+def _model_class(plan):
     import transformers
 
+    if plan.model_class is not None:
+        return getattr(transformers, plan.model_class)
     return {
         "causal-lm": transformers.AutoModelForCausalLM,
         "sequence-classification": transformers.AutoModelForSequenceClassification,
         "feature-extraction": transformers.AutoModel,
-    }[task]
+    }[plan.task]
 
 
 def _exclusions(args) -> str | None:
@@ -331,12 +400,31 @@ def _check_outputs(args, plan):
             raise UsageError("--out is the model directory itself: choose another")
         if out.is_dir() and any(out.iterdir()) and not args.overwrite:
             raise UsageError(f"--out {out} is not empty (pass --overwrite to write into it)")
+        from .compress.io import _DEFAULT_WEIGHTS
+
+        stale = [name for name in _DEFAULT_WEIGHTS if (out / name).exists()]
+        if stale and not plan.sentence_transformer:
+            raise UsageError(
+                f"--out {out} holds {stale}, which transformers would load instead of the "
+                "compressed weights: remove them, or choose an empty directory"
+            )
     if args.report_file is not None:
         fmt = REPORT_SUFFIXES.get(args.report_file.suffix.lower())
         if fmt is None:
             raise UsageError(f"--report-file {args.report_file} must end in .json, .csv or .txt")
         if not args.report_file.parent.is_dir():
             raise UsageError(f"--report-file: no directory {args.report_file.parent}")
+        report = args.report_file.resolve()
+        saved = args.out is not None and report.parent == args.out.resolve()
+        if (
+            (args.data is not None and report == args.data.resolve())
+            or report.is_relative_to(plan.path.resolve())
+            or (saved and (plan.path / report.name).exists())  # the save writes its own
+        ):
+            raise UsageError(
+                f"--report-file {args.report_file} is --data, in the model's directory or a "
+                "file the save writes: write it elsewhere"
+            )
         plan.report_file_format = fmt
 
 
@@ -434,13 +522,13 @@ def _load(args, plan):
         model = next(m.auto_model for m in saved if hasattr(m, "auto_model"))
         tokenizer = saved.tokenizer
     else:
-        model = _auto_class(plan.task).from_pretrained(plan.path, **plan.source(), **{key: dtype})
+        model = _model_class(plan).from_pretrained(plan.path, **plan.source(), **{key: dtype})
         saved = model = model.to(plan.device)
         tokenizer = None
         if plan.gguf_file or any((plan.path / name).is_file() for name in TOKENIZER_FILES):
             tokenizer = transformers.AutoTokenizer.from_pretrained(plan.path, **plan.source())
     model.eval()
-    if tokenizer is not None and tokenizer.pad_token is None:
+    if plan.texts and tokenizer is not None and tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise UsageError(f"{plan.path}: its tokenizer has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token  # GPT-2 style: padding is masked anyway
@@ -556,12 +644,23 @@ def _compare(task, before, after, n) -> dict:
     }
 
 
+def _json_safe(value):
+    """``value`` with NaN and infinities as None (JSON has no such numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _format_report(report, evaluation, task, fmt) -> str:
     if fmt == "text":
         return f"{report}\n"
     if fmt == "json":
         payload = {**report.to_dict(), "task": task, "evaluation": evaluation}
-        return json.dumps(payload, indent=2) + "\n"
+        return json.dumps(_json_safe(payload), indent=2) + "\n"
     rows = report.to_dict()["layers"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["name"])

@@ -97,6 +97,22 @@ def files(tmp_path_factory):
     _write_csv(tmp / "bad_label.csv", [*rows[:5], {"text": "the plot", "label": "neutral"}])
     _write_csv(tmp / "label_id_2.csv", [*rows[:5], {"text": "the plot", "label": 2}])
     (tmp / "fake.gguf").write_bytes(b"not a GGUF file")
+    (tmp / "binary.txt").write_bytes(b"\x1f\x8b\x08\x00\xff\xfe binary")
+    (tmp / "stale").mkdir()
+    (tmp / "stale" / "pytorch_model.bin").write_bytes(b"old weights")
+    t5 = transformers.T5Config(
+        vocab_size=len(WORDS) + 2, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2
+    )
+    transformers.T5ForConditionalGeneration(t5).save_pretrained(tmp / "t5")
+    _word_tokenizer().save_pretrained(tmp / "t5")
+    transformers.BertForSequenceClassification(_bert_config(num_labels=1)).save_pretrained(
+        tmp / "regression"
+    )
+    bert_tokenizer.save_pretrained(tmp / "regression")
+    transformers.BertForTokenClassification(_bert_config(num_labels=3)).save_pretrained(
+        tmp / "tagger"
+    )
+    bert_tokenizer.save_pretrained(tmp / "tagger")
     (tmp / "nonempty").mkdir()
     (tmp / "nonempty" / "x").write_text("x")
     (tmp / "no_config").mkdir()
@@ -202,6 +218,29 @@ BAD = [
     (["{gpt2}", "--ratio", "0.5", "--min-saving", "1"], "argument --min-saving"),
     (["{gpt2}", "--ratio", "0.5", "--n-jobs", "0"], "argument --n-jobs: must not be 0"),
     (["{tmp}/fake.gguf", "--ratio", "0.5"], "cannot read this GGUF file"),
+    (
+        ["{bert}", "--ratio", "0.5", "--data", "{tmp}/labelled.csv", "--label-column", "labels"],
+        "has no column 'labels' (its columns: text, label)",
+    ),
+    (["{gpt2}", "--ratio", "0.5", "--seed", "-1"], "argument --seed: must be a non-negative"),
+    (["{gpt2}", "--ratio", "0.5", "--data", "{tmp}/binary.txt"], "is not UTF-8 text"),
+    (
+        ["{gpt2}", "--ratio", "0.5", "--data", "{tmp}/text.txt", "--report-file", "{tmp}/text.txt"],
+        "is --data, in the model's directory or a file the save writes",
+    ),
+    (["{gpt2}", "--ratio", "0.5", "--report-file", "{gpt2}/r.json"], "in the model's directory"),
+    (
+        ["{gpt2}", "--ratio", "0.5", "--out", "{tmp}/stale", "--overwrite"],
+        "holds ['pytorch_model.bin'], which transformers would load instead",
+    ),
+    (
+        ["{tmp}/t5", "--ratio", "0.5", "--data", "{tmp}/text.txt"],
+        "T5ForConditionalGeneration is an encoder-decoder model",
+    ),
+    (
+        ["{tmp}/regression", "--ratio", "0.5", "--data", "{tmp}/ids.csv"],
+        "the model has one output or is not a single-label classifier",
+    ),
 ]
 
 
@@ -424,3 +463,75 @@ def test_no_command_is_a_usage_error(capsys):
     assert (
         capsys.readouterr().err == "error: the following arguments are required: {demo,compress}\n"
     )
+
+
+def test_a_model_with_a_head_no_task_knows_is_compressed_as_saved(files, tmp_path):
+    # It was loaded as AutoModel: the trained token classifier was dropped and an
+    # untrained pooler saved in its place.
+    argv = ["compress", str(files / "tagger"), "--ratio", "0.5", "--data", str(files / "text.txt")]
+    assert cli.main([*argv, "--out", str(tmp_path / "small")]) == 0
+    original = transformers.BertForTokenClassification.from_pretrained(files / "tagger")
+    small = transformers.BertForTokenClassification.from_pretrained(tmp_path / "small")
+    torch.testing.assert_close(small.classifier.weight, original.classifier.weight)
+    assert isinstance(small.bert.encoder.layer[0].intermediate.dense, LowRankLinear)
+    config = json.loads((tmp_path / "small" / "config.json").read_text())
+    assert config["architectures"] == ["BertForTokenClassification"]
+
+
+def test_data_files_as_spreadsheets_write_them(tmp_path):
+    # A TSV's quotes are text (csv's quoting merged rows), and a UTF-8 byte-order mark
+    # is not part of the first column's name.
+    from types import SimpleNamespace
+
+    tsv = tmp_path / "data.tsv"
+    tsv.write_text(
+        'text\tlabel\nbad film\tnegative\n"awful plot\tnegative\ngreat actors\tpositive\n'
+        'good" he said\tpositive\n'
+    )
+    bom = tmp_path / "data.csv"
+    bom.write_bytes("text,label\nbad film,negative\ngood plot,positive\n".encode("utf-8-sig"))
+    config = {
+        "id2label": {"0": "negative", "1": "positive"},
+        "label2id": {"negative": 0, "positive": 1},
+    }
+    plan = _cli._Plan(tmp_path, config, "sequence-classification")
+    for path, texts, labels in (
+        (tsv, ["bad film", '"awful plot', "great actors", 'good" he said'], [0, 0, 1, 1]),
+        (bom, ["bad film", "good plot"], [0, 1]),
+    ):
+        args = SimpleNamespace(data=path, text_column="text", label_column=None)
+        assert _cli._read_data(args, plan) == (texts, labels)
+
+
+def test_heads_of_other_architectures_are_heads():
+    import re
+
+    for name in (
+        "classification_head.dense",  # BART, T5
+        "model.classification_head.out_proj",
+        "qa_outputs",
+        "sequence_summary.summary",  # XLNet
+        "logits_proj",
+        "bert.pooler.dense",
+    ):
+        assert re.fullmatch(_cli.HEADS, name), name
+    assert not re.fullmatch(_cli.HEADS, "encoder.layer.0.output.dense")
+
+
+def test_a_libraries_value_error_is_a_failure_not_a_usage_error(files, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise ValueError("deep inside a library")
+
+    monkeypatch.setattr(_cli, "_load", broken)
+    assert cli.main(["compress", str(files / "gpt2"), "--ratio", "0.5"]) == 1
+    assert capsys.readouterr().err.startswith("error: ValueError: deep inside a library")
+
+
+def test_json_reports_hold_no_nan():
+    nan = float("nan")
+    payload = {"a": [1.0, nan, float("inf")], "b": {"c": -float("inf")}, "d": "x"}
+    assert json.loads(json.dumps(_cli._json_safe(payload), allow_nan=False)) == {
+        "a": [1.0, None, None],
+        "b": {"c": None},
+        "d": "x",
+    }

@@ -426,6 +426,10 @@ def test_sizes_are_unambiguous_and_never_pointless():
         torch.testing.assert_close(same(x), model(x), rtol=0, atol=0)
     with pytest.raises(ValueError, match="param_budget=1 is below"):
         compress_model(model, param_budget=1, progress=False)
+    # with inputs only, ranks are uniform: a budget below rank 1 everywhere was exceeded
+    inputs = [(torch.randn(8, 20),)]
+    with pytest.raises(ValueError, match="param_budget=100 is below"):
+        compress_model(model, param_budget=100, method="svd-llm", batches=inputs, progress=False)
     _, report = compress_model(model, param_budget=1.0, progress=False)
     assert report.params_after == report.params_before
     # min_saving: 32x32 at rank 15 saves 6%, below the default 10%: left dense.

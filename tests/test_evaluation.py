@@ -143,3 +143,17 @@ def test_evaluation_errors():
         accuracy(nn.Linear(2, 2), [])
     with pytest.raises(ValueError, match="needs labelled batches"):
         accuracy(model, [{"input_ids": torch.tensor([[3, 4]])}])
+
+
+def test_a_perplexity_beyond_floats_is_inf_not_an_overflow_error():
+    class Sure(nn.Module):  # certain of token 0, which never comes
+        def __init__(self):
+            super().__init__()
+            self.p = nn.Parameter(torch.zeros(()))
+
+        def forward(self, input_ids, attention_mask=None):
+            logits = torch.zeros(*input_ids.shape, 5)
+            logits[..., 0] = 1e4
+            return type("Out", (), {"logits": logits + self.p})()
+
+    assert perplexity(Sure(), [{"input_ids": torch.tensor([[1, 2, 3, 4]])}]) == math.inf

@@ -102,6 +102,11 @@ def allocate_ranks(
         isinstance(s, LayerStatistics) for s in statistics.values()
     ):
         statistics = statistics_from_importance(statistics, shapes)
+    least = sum(m + n for m, n in shapes.values())
+    if budget is None or least > budget:
+        raise ValueError(
+            f"param_budget={budget} is below {least}, the cost of rank 1 in every target layer."
+        )
     if statistics is not None and not any(
         s.has(kind) for s in statistics.values() for kind in ("output_gradients", "fisher")
     ):
@@ -109,24 +114,19 @@ def allocate_ranks(
         # against another's; spreading by relative output error measured worse than a
         # uniform fraction (benchmarks/results/exploration-bbc.md), so: uniform.
         total = sum(m * n for m, n in shapes.values())
-        return _uniform_ranks(shapes, (budget or 0) / total, min_saving)
+        return _uniform_ranks(shapes, budget / total, min_saving)
     gains = []
     ranks = {}
     curves = {}
-    spent = 0
     for name, W in weights.items():
         m, n = shapes[name]
         stats = None if statistics is None else statistics.get(name)
         curve = _curve(W, stats, metric_damping, output_damping)
         curves[name] = curve = curve.cpu().tolist()
         ranks[name] = 1
-        spent += m + n
         top = max(1, max_saving_rank(m, n, min_saving))
         gains.extend((curve[k] / (m + n), name, m + n) for k in range(1, min(top, len(curve))))
-    if budget is None or spent > budget:
-        raise ValueError(
-            f"param_budget={budget} is below {spent}, the cost of rank 1 in every target layer."
-        )
+    spent = least
     for gain, name, cost in sorted(gains, key=lambda g: -g[0]):
         if gain <= 0:  # ranks that buy nothing (a layer the loss never reaches) are not spent
             break

@@ -83,7 +83,8 @@ def perplexity(model: nn.Module, batches: Iterable, *, progress: bool = False) -
             count += int((target != IGNORE_INDEX).sum())
     if count == 0:
         raise ValueError("the batches hold no token to predict (each needs two or more tokens).")
-    return math.exp(total / count)
+    mean = total / count
+    return math.exp(mean) if mean < 700 else math.inf  # exp overflows a float past ~709
 
 
 def accuracy(model: nn.Module, batches: Iterable, *, progress: bool = False) -> tuple[float, float]:
@@ -168,7 +169,8 @@ def embeddings(model: nn.Module, batches: Iterable, *, progress: bool = False) -
     ----------
     model : nn.Module
         An encoder whose output has ``.last_hidden_state`` (transformers'
-        ``AutoModel`` classes) or is that tensor, (batch, length, hidden).
+        ``AutoModel`` classes) or is that tensor, (batch, length, hidden); of a
+        transformers model with a head, the last of its ``hidden_states``.
     batches : iterable of dict
         Keyword inputs with ``input_ids`` and, for padded batches,
         ``attention_mask``.
@@ -200,7 +202,11 @@ def embeddings(model: nn.Module, batches: Iterable, *, progress: bool = False) -
             batch = _to_device(_as_dict(batch, "embeddings"), device)
             batch.pop("labels", None)
             out = model(**batch)
-            hidden = getattr(out, "last_hidden_state", out)
+            hidden = (
+                out if isinstance(out, torch.Tensor) else getattr(out, "last_hidden_state", None)
+            )
+            if hidden is None:  # a model with a head (token classification, say): its body's
+                hidden = model(**batch, output_hidden_states=True).hidden_states[-1]
             mask = batch.get("attention_mask")
             if mask is None:
                 mask = torch.ones(hidden.shape[:2], device=hidden.device)
