@@ -18,7 +18,7 @@ TASKS = ("auto", "causal-lm", "sequence-classification", "feature-extraction")
 # embedding head (lm_head) is skipped by compress_model itself.
 HEADS = (
     r"(.*\.)?(pooler|classifier|pre_classifier|score|classification_head|qa_outputs"
-    r"|sequence_summary|logits_proj)(\..*)?"
+    r"|sequence_summary|logits_proj|predictions|lm_head)(\..*)?"
 )
 DTYPES = ("float32", "float16", "bfloat16")
 REPORTS = ("text", "json", "csv")

@@ -513,6 +513,8 @@ def test_heads_of_other_architectures_are_heads():
         "sequence_summary.summary",  # XLNet
         "logits_proj",
         "bert.pooler.dense",
+        "cls.predictions.transform.dense",  # BERT's masked-LM head
+        "lm_head.dense",  # RoBERTa's
     ):
         assert re.fullmatch(_cli.HEADS, name), name
     assert not re.fullmatch(_cli.HEADS, "encoder.layer.0.output.dense")
