@@ -76,9 +76,13 @@ def _positive_int(text):
 def _param_budget(text):
     """An integer is a count of weights, anything else a fraction of the target layers'."""
     try:
-        return _positive_int(text)
+        count = _positive_int(text)
     except argparse.ArgumentTypeError:
         pass
+    else:
+        if count == 1:  # one weight holds no layer: surely the whole, 1.0, was meant
+            raise argparse.ArgumentTypeError("1 is a count of one weight; write 1.0 for all")
+        return count
     try:
         value = float(text)
     except ValueError:

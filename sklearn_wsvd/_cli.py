@@ -10,6 +10,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,6 +91,14 @@ def _check(args) -> _Plan:
     plan.sentence_transformer = plan.task == "feature-extraction" and _has_sentence_transformers(
         path
     )
+    if plan.task == "feature-extraction" and (path / "modules.json").is_file():
+        if not plan.sentence_transformer:
+            warnings.warn(
+                f"{path} is a sentence-transformers model, but that package is not installed: "
+                "the output is saved as a bare transformer, without its pooling and "
+                "normalisation (pip install sentence-transformers)",
+                stacklevel=2,
+            )
     if args.data is not None and not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise UsageError(f"{path} has no tokenizer files: --data cannot be tokenized")
     return _check_rest(args, plan)

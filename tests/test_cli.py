@@ -164,6 +164,7 @@ BAD = [
     (["{gpt2}", "--ratio", "half"], "argument --ratio: invalid fraction value"),
     (["{gpt2}", "--rank", "0"], "argument --rank: must be a positive integer"),
     (["{gpt2}", "--param-budget", "2.5"], "must be a count of weights"),
+    (["{gpt2}", "--param-budget", "1"], "1 is a count of one weight; write 1.0 for all"),
     (["{gpt2}"], "one of the arguments --ratio --rank --param-budget is required"),
     (["{gpt2}", "--ratio", "0.5", "--rank", "3"], "not allowed with argument"),
     (["{gpt2}", "--ratio", "0.5", "--method", "magic"], "invalid choice: 'magic'"),
@@ -537,3 +538,21 @@ def test_json_reports_hold_no_nan():
         "b": {"c": None},
         "d": "x",
     }
+
+
+def test_a_sentence_transformers_model_without_the_package_is_named(
+    files, tmp_path, monkeypatch, capsys
+):
+    import shutil
+
+    model = tmp_path / "st"
+    shutil.copytree(files / "encoder", model)
+    (model / "modules.json").write_text("[]")
+    monkeypatch.setattr(_cli, "_has_sentence_transformers", lambda path: False)
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("stop after the checks")
+
+    monkeypatch.setattr(_cli, "_load", stop)
+    assert cli.main(["compress", str(model), "--ratio", "0.5"]) == 1
+    assert "but that package is not installed" in capsys.readouterr().err
