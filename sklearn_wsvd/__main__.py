@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N|F",
         type=_param_budget,
         help="weights to keep over all target layers: a count (an integer) or a fraction "
-        "(0.4), spread where they lower the predicted damage most",
+        "(0.4), spread where they lower the predicted damage most (uniformly without a loss)",
     )
     how.add_argument(
         "--method",
