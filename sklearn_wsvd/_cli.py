@@ -361,9 +361,17 @@ def _check_targets(args, plan):
             "without --data, or in Python with compress_model and batches that hold labels)"
         )
     try:
-        find_targets(skeleton, args.target, plan.exclude)
+        targets = find_targets(skeleton, args.target, plan.exclude)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    from .compress._format import QUANT_METHOD
+
+    saved = plan.config.get("quantization_config") or {}
+    if saved.get("quant_method") == QUANT_METHOD and set(targets) <= set(saved.get("layers", {})):
+        raise UsageError(
+            f"{plan.path} is already compressed: every target layer is low-rank (name others "
+            "with --target or --include-heads, or compress the original model)"
+        )
 
 
 def _model_class(plan):

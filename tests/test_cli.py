@@ -556,3 +556,18 @@ def test_a_sentence_transformers_model_without_the_package_is_named(
     monkeypatch.setattr(_cli, "_load", stop)
     assert cli.main(["compress", str(model), "--ratio", "0.5"]) == 1
     assert "but that package is not installed" in capsys.readouterr().err
+
+
+def test_an_already_compressed_directory_is_named_before_loading(
+    files, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "small"
+    assert cli.main(["compress", str(files / "gpt2"), "--ratio", "0.5", "--out", str(out)]) == 0
+    capsys.readouterr()
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model was loaded before the options were checked")
+
+    monkeypatch.setattr(_cli, "_load", never)
+    assert cli.main(["compress", str(out), "--ratio", "0.5"]) == 2
+    assert "is already compressed: every target layer is low-rank" in capsys.readouterr().err
