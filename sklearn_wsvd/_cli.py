@@ -230,6 +230,7 @@ def _read_data(args, plan):
         raise UsageError(f"--data {path}: no such file")
     want_labels = plan.task == "sequence-classification"
     suffix = path.suffix.lower()
+    label_column = args.label_column or "label"  # named or not, a column "label" counts
     texts, raw = [], []
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -247,15 +248,14 @@ def _read_data(args, plan):
                         f"--data {path} has no column {args.text_column!r} (its columns: "
                         f"{', '.join(columns) or 'none'}); name one with --text-column"
                     )
-                labelled = want_labels and (args.label_column or "label") in columns
+                labelled = want_labels and label_column in columns
                 for row in reader:
                     text = (row.get(args.text_column) or "").strip()
                     if not text:
                         continue
                     texts.append(text)
                     if labelled:
-                        label = row.get(args.label_column or "label") or ""
-                        raw.append((reader.line_num, label.strip()))
+                        raw.append((reader.line_num, (row.get(label_column) or "").strip()))
     except csv.Error as exc:
         raise UsageError(f"--data {path} is not a valid CSV ({exc})") from None
     except UnicodeDecodeError as exc:
@@ -417,9 +417,9 @@ def _check_outputs(args, plan):
             raise UsageError("--out is the model directory itself: choose another")
         if out.is_dir() and any(out.iterdir()) and not args.overwrite:
             raise UsageError(f"--out {out} is not empty (pass --overwrite to write into it)")
-        from .compress.io import _DEFAULT_WEIGHTS
+        from .compress.io import stale_weights
 
-        stale = [name for name in _DEFAULT_WEIGHTS if (out / name).exists()]
+        stale = stale_weights(out)
         if stale and not plan.sentence_transformer:
             raise UsageError(
                 f"--out {out} holds {stale}, which transformers would load instead of the "

@@ -157,3 +157,17 @@ def test_a_perplexity_beyond_floats_is_inf_not_an_overflow_error():
             return type("Out", (), {"logits": logits + self.p})()
 
     assert perplexity(Sure(), [{"input_ids": torch.tensor([[1, 2, 3, 4]])}]) == math.inf
+
+
+def test_embeddings_of_a_model_with_a_head_are_its_bodys_with_one_extra_pass():
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, num_labels=3,
+    )  # fmt: skip
+    model = transformers.BertForTokenClassification(config)
+    batches = [{"input_ids": torch.randint(0, 30, (3, 7))} for _ in range(3)]
+    passes = []
+    model.register_forward_hook(lambda *args: passes.append(1))
+    torch.testing.assert_close(embeddings(model, batches), embeddings(model.bert, batches))
+    assert len(passes) == len(batches) + 1

@@ -197,16 +197,20 @@ def embeddings(model: nn.Module, batches: Iterable, *, progress: bool = False) -
     torch.Size([3, 16])
     """
     rows = []
+    ask = {}  # a model with a head (token classification, say): its body's hidden states
     with _evaluating(model) as device:
         for batch in tqdm(batches, desc="embed", disable=not progress, leave=False):
             batch = _to_device(_as_dict(batch, "embeddings"), device)
             batch.pop("labels", None)
-            out = model(**batch)
+            out = model(**batch, **ask)
             hidden = (
                 out if isinstance(out, torch.Tensor) else getattr(out, "last_hidden_state", None)
             )
-            if hidden is None:  # a model with a head (token classification, say): its body's
-                hidden = model(**batch, output_hidden_states=True).hidden_states[-1]
+            if hidden is None:  # asked for from the first batch on: one extra pass in all
+                ask = {"output_hidden_states": True}
+                if getattr(out, "hidden_states", None) is None:
+                    out = model(**batch, **ask)
+                hidden = out.hidden_states[-1]
             mask = batch.get("attention_mask")
             if mask is None:
                 mask = torch.ones(hidden.shape[:2], device=hidden.device)

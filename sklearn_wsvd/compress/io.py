@@ -44,6 +44,13 @@ _DEFAULT_WEIGHTS = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+
+
+def stale_weights(directory) -> list[str]:
+    """The files in ``directory`` that transformers would load instead of the low-rank weights."""
+    return [name for name in _DEFAULT_WEIGHTS if (Path(directory) / name).exists()]
+
+
 _VERSIONS = ("torch", "safetensors", "transformers", "sentence-transformers", "numpy")
 
 
@@ -140,7 +147,7 @@ def save_compressed(
             "store yet."
         )
     written.replace(target / WEIGHTS)
-    stale = [name for name in _DEFAULT_WEIGHTS if (target / name).exists()]
+    stale = stale_weights(target)
     if stale:
         raise ValueError(
             f"{target} also holds {stale}, which transformers would load instead of the "
