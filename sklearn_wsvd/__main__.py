@@ -175,18 +175,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         metavar="PATH",
         type=Path,
-        help="calibration and evaluation texts: a .txt file (one text per line) or a .csv/.tsv "
-        "file with a header. Labels are needed only by sequence-classification methods that "
-        "use a loss (a label column of names from config.json's label2id, or ids); causal-lm "
+        help="calibration and evaluation texts: a .txt file (one text per line), a .csv/.tsv "
+        "file with a header, or JSON Lines (.jsonl; or a .json array of objects). Labels are "
+        "needed only by sequence-classification methods that use a loss (a label column of "
+        "names from config.json's label2id, or ids); causal-lm "
         "and feature-extraction read text only",
     )
     data.add_argument(
-        "--text-column", metavar="NAME", default="text", help="the text column of a CSV"
+        "--text-column",
+        metavar="NAME",
+        default="text",
+        help="the text column (or JSON key) of a table",
     )
     data.add_argument(
         "--label-column",
         metavar="NAME",
-        help="the label column of a CSV (default: 'label', if it has one)",
+        help="the label column (or JSON key) of a table (default: 'label', if it has one)",
     )
     data.add_argument(
         "--calibration-samples",

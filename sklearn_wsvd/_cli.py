@@ -223,6 +223,9 @@ def _has_sentence_transformers(path) -> bool:
     )
 
 
+TABLES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
+
+
 def _read_data(args, plan):
     """The texts of --data and, for a classifier with a label column, their label ids."""
     path = args.data
@@ -231,37 +234,38 @@ def _read_data(args, plan):
     want_labels = plan.task == "sequence-classification"
     suffix = path.suffix.lower()
     label_column = args.label_column or "label"  # named or not, a column "label" counts
-    texts, raw = [], []
+    texts, raw, columns = [], [], []
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            if suffix not in (".csv", ".tsv"):
+            if suffix not in TABLES:
                 texts = [line.strip() for line in f if line.strip()]
             else:
-                # a TSV's fields are taken as they are: a quote inside one is text
-                quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
-                reader = csv.DictReader(
-                    f, delimiter="\t" if suffix == ".tsv" else ",", quoting=quoting
-                )
-                columns = reader.fieldnames or []
+                columns, rows = _table(f, suffix, path)
                 if args.text_column not in columns:
                     raise UsageError(
                         f"--data {path} has no column {args.text_column!r} (its columns: "
                         f"{', '.join(columns) or 'none'}); name one with --text-column"
                     )
                 labelled = want_labels and label_column in columns
-                for row in reader:
-                    text = (row.get(args.text_column) or "").strip()
-                    if not text:
+                for place, row in rows:
+                    text = row.get(args.text_column)
+                    if text is not None and not isinstance(text, str):
+                        raise UsageError(
+                            f"--data {path}, {place}: the text {args.text_column!r} is a "
+                            f"{type(text).__name__}, not a string"
+                        )
+                    if not (text or "").strip():
                         continue
-                    texts.append(text)
+                    texts.append(text.strip())
                     if labelled:
-                        raw.append((reader.line_num, (row.get(label_column) or "").strip()))
+                        label = row.get(label_column)
+                        raw.append((place, "" if label is None else str(label).strip()))
     except csv.Error as exc:
         raise UsageError(f"--data {path} is not a valid CSV ({exc})") from None
     except UnicodeDecodeError as exc:
         raise UsageError(
             f"--data {path} is not UTF-8 text (byte {exc.start}): give a .txt of lines, "
-            "a .csv or a .tsv"
+            "a .csv, a .tsv or JSON Lines"
         ) from None
     except OSError as exc:
         raise UsageError(f"--data {path}: {exc.strerror or exc}") from None
@@ -269,13 +273,51 @@ def _read_data(args, plan):
         raise UsageError(f"--data {path} holds no text")
     if any("\x00" in text for text in texts):
         raise UsageError(f"--data {path} holds NUL bytes: not a text file")
-    if want_labels and suffix in (".csv", ".tsv") and not raw and args.label_column is not None:
+    if want_labels and columns and not raw and args.label_column is not None:
         raise UsageError(
             f"--data {path} has no column {args.label_column!r} (its columns: "
             f"{', '.join(columns)}); name the label column with --label-column, or leave it "
             "out to calibrate without labels"
         )
     return texts, (_label_ids(raw, plan.config, path) if raw else None)
+
+
+def _table(f, suffix, path):
+    """The columns of a table file and its rows, as (place, {column: value}) pairs.
+
+    A ``.csv`` or ``.tsv`` with a header row (a TSV's fields are taken as they are:
+    a quote inside one is text), or JSON: one object per line (JSON Lines, as
+    ``datasets`` writes them) or, in a ``.json``, an array of objects.
+    """
+    if suffix in (".csv", ".tsv"):
+        quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
+        reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",", quoting=quoting)
+        return reader.fieldnames or [], ((f"line {reader.line_num}", row) for row in reader)
+    content = f.read()
+    if suffix == ".json" and content.lstrip().startswith("["):
+        try:
+            records = json.loads(content)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--data {path} is not valid JSON ({exc})") from None
+        rows = [(f"record {i}", record) for i, record in enumerate(records, 1)]
+    else:
+        rows = []
+        for i, line in enumerate(content.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((f"line {i}", json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise UsageError(
+                    f"--data {path}, line {i} is not a JSON object ({exc.msg}): give one "
+                    "object per line (JSON Lines) or, in a .json, an array of objects"
+                ) from None
+    for place, row in rows:
+        if not isinstance(row, dict):
+            raise UsageError(
+                f"--data {path}, {place}: expected an object of columns, got {type(row).__name__}"
+            )
+    return list(dict.fromkeys(key for _, row in rows for key in row)), rows
 
 
 def _label_ids(raw, config, path) -> list[int]:
@@ -290,7 +332,7 @@ def _label_ids(raw, config, path) -> list[int]:
         )
     label2id = config.get("label2id") or {f"LABEL_{i}": i for i in range(n)}
     out = []
-    for line, value in raw:
+    for place, value in raw:
         if value in label2id:
             out.append(int(label2id[value]))
         elif value.lstrip("-").isdigit() and 0 <= int(value) < n:
@@ -298,7 +340,7 @@ def _label_ids(raw, config, path) -> list[int]:
         else:
             names = ", ".join(map(repr, label2id))
             raise UsageError(
-                f"--data {path}, line {line}: label {value!r} is not one of the model's {n} "
+                f"--data {path}, {place}: label {value!r} is not one of the model's {n} "
                 f"labels (ids 0 to {n - 1}, or the names in config.json's label2id: {names})"
             )
     return out

@@ -504,6 +504,51 @@ def test_data_files_as_spreadsheets_write_them(tmp_path):
         assert _cli._read_data(args, plan) == (texts, labels)
 
 
+def test_json_lines_and_json_arrays_are_tables(tmp_path):
+    # They were read as lines of text: every JSON object became one "text".
+    from types import SimpleNamespace
+
+    config = {"label2id": {"negative": 0, "positive": 1}}
+    plan = _cli._Plan(tmp_path, config, "sequence-classification")
+    records = [
+        {"text": "bad film", "label": 0},
+        {"text": "  ", "label": 1},  # no text: skipped, with its label
+        {"label": 1},
+        {"text": "good plot", "label": "positive", "extra": [1, 2]},
+    ]
+    lines = tmp_path / "data.jsonl"
+    lines.write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
+    array = tmp_path / "data.json"
+    array.write_text(json.dumps(records, indent=2))
+    for path in (lines, array):
+        args = SimpleNamespace(data=path, text_column="text", label_column=None)
+        assert _cli._read_data(args, plan) == (["bad film", "good plot"], [0, 1])
+    features = _cli._Plan(tmp_path, config, "feature-extraction")
+    args = SimpleNamespace(data=lines, text_column="text", label_column=None)
+    assert _cli._read_data(args, features) == (["bad film", "good plot"], None)
+
+    def error(content, suffix=".jsonl", **kw):
+        path = tmp_path / f"bad{suffix}"
+        path.write_text(content)
+        args = SimpleNamespace(data=path, **{"text_column": "text", "label_column": None, **kw})
+        with pytest.raises(_cli.UsageError) as info:
+            _cli._read_data(args, plan)
+        return str(info.value)
+
+    assert "line 2 is not a JSON object" in error('{"text": "a"}\n{"text": ')
+    assert "line 1: expected an object of columns, got list" in error('["a", "b"]')
+    assert "record 2: expected an object" in error('[{"text": "a"}, "b"]', ".json")
+    assert "is not valid JSON" in error('[{"text": "a"}', ".json")
+    assert "the text 'text' is a int, not a string" in error('{"text": 3}')
+    assert "has no column 'body' (its columns: text, label)" in error(
+        '{"text": "a", "label": 1}', text_column="body"
+    )
+    assert "has no column 'y'" in error('{"text": "a", "label": 1}', label_column="y")
+    assert "line 1: label '7' is not one of the model's 2 labels" in error(
+        '{"text": "a", "label": 7}'
+    )
+
+
 def test_heads_of_other_architectures_are_heads():
     import re
 
