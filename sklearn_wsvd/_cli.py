@@ -256,10 +256,17 @@ def _read_data(args, plan):
                         )
                     if not (text or "").strip():
                         continue
+                    if not _encodable(text):  # a JSON escape can leave a surrogate unpaired
+                        raise UsageError(
+                            f"--data {path}, {place}: the text holds an unpaired surrogate "
+                            "(an escape between \\ud800 and \\udfff): not valid Unicode"
+                        )
                     texts.append(text.strip())
-                    if labelled:
+                    if labelled:  # JSON's true, 1 and null as written, like a CSV cell
                         label = row.get(label_column)
-                        raw.append((place, "" if label is None else str(label).strip()))
+                        if not isinstance(label, str):
+                            label = "" if label is None else json.dumps(label)
+                        raw.append((place, label.strip()))
     except csv.Error as exc:
         raise UsageError(f"--data {path} is not a valid CSV ({exc})") from None
     except UnicodeDecodeError as exc:
@@ -272,7 +279,7 @@ def _read_data(args, plan):
     if not texts:
         raise UsageError(f"--data {path} holds no text")
     if any("\x00" in text for text in texts):
-        raise UsageError(f"--data {path} holds NUL bytes: not a text file")
+        raise UsageError(f"--data {path} holds NUL characters: not text")
     if want_labels and columns and not raw and args.label_column is not None:
         raise UsageError(
             f"--data {path} has no column {args.label_column!r} (its columns: "
@@ -287,30 +294,34 @@ def _table(f, suffix, path):
 
     A ``.csv`` or ``.tsv`` with a header row (a TSV's fields are taken as they are:
     a quote inside one is text), or JSON: one object per line (JSON Lines, as
-    ``datasets`` writes them) or, in a ``.json``, an array of objects.
+    ``datasets`` writes them) or, in a ``.json``, an array of objects or one object.
     """
     if suffix in (".csv", ".tsv"):
         quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
         reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",", quoting=quoting)
         return reader.fieldnames or [], ((f"line {reader.line_num}", row) for row in reader)
     content = f.read()
-    if suffix == ".json" and content.lstrip().startswith("["):
+    rows = None
+    if suffix == ".json":  # one document: an array of objects, or one object
         try:
-            records = json.loads(content)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"--data {path} is not valid JSON ({exc})") from None
-        rows = [(f"record {i}", record) for i, record in enumerate(records, 1)]
-    else:
+            document = json.loads(content)
+        except (ValueError, RecursionError) as exc:  # perhaps JSON Lines
+            if content.lstrip().startswith("["):
+                raise UsageError(f"--data {path} is not valid JSON ({exc})") from None
+        else:
+            records = document if isinstance(document, list) else [document]
+            rows = [(f"record {i}", record) for i, record in enumerate(records, 1)]
+    if rows is None:  # JSON Lines: only "\n" ends a line (a string may hold U+2028)
         rows = []
-        for i, line in enumerate(content.splitlines(), 1):
+        for i, line in enumerate(content.split("\n"), 1):
             if not line.strip():
                 continue
             try:
                 rows.append((f"line {i}", json.loads(line)))
-            except json.JSONDecodeError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise UsageError(
-                    f"--data {path}, line {i} is not a JSON object ({exc.msg}): give one "
-                    "object per line (JSON Lines) or, in a .json, an array of objects"
+                    f"--data {path}, line {i} is not valid JSON ({getattr(exc, 'msg', exc)}): "
+                    "give one object per line (JSON Lines) or, in a .json, an array of objects"
                 ) from None
     for place, row in rows:
         if not isinstance(row, dict):
@@ -318,6 +329,14 @@ def _table(f, suffix, path):
                 f"--data {path}, {place}: expected an object of columns, got {type(row).__name__}"
             )
     return list(dict.fromkeys(key for _, row in rows for key in row)), rows
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _label_ids(raw, config, path) -> list[int]:
@@ -335,7 +354,7 @@ def _label_ids(raw, config, path) -> list[int]:
     for place, value in raw:
         if value in label2id:
             out.append(int(label2id[value]))
-        elif value.lstrip("-").isdigit() and 0 <= int(value) < n:
+        elif value.lstrip("-").isdecimal() and 0 <= int(value) < n:
             out.append(int(value))
         else:
             names = ", ".join(map(repr, label2id))

@@ -535,7 +535,7 @@ def test_json_lines_and_json_arrays_are_tables(tmp_path):
             _cli._read_data(args, plan)
         return str(info.value)
 
-    assert "line 2 is not a JSON object" in error('{"text": "a"}\n{"text": ')
+    assert "line 2 is not valid JSON" in error('{"text": "a"}\n{"text": ')
     assert "line 1: expected an object of columns, got list" in error('["a", "b"]')
     assert "record 2: expected an object" in error('[{"text": "a"}, "b"]', ".json")
     assert "is not valid JSON" in error('[{"text": "a"}', ".json")
@@ -547,6 +547,43 @@ def test_json_lines_and_json_arrays_are_tables(tmp_path):
     assert "line 1: label '7' is not one of the model's 2 labels" in error(
         '{"text": "a", "label": 7}'
     )
+
+
+def test_json_data_edge_cases(tmp_path):
+    # Found by review: U+2028 inside a string split a JSON line; huge numbers and deep
+    # nesting escaped as bare ValueError/RecursionError; a lone surrogate reached the
+    # tokenizer; a pretty-printed single object in a .json was refused; JSON true was
+    # compared as 'True'; a label such as '²' passed isdigit() and crashed int().
+    from types import SimpleNamespace
+
+    config = {"label2id": {"false": 0, "true": 1}}
+    plan = _cli._Plan(tmp_path, config, "sequence-classification")
+
+    def read(content, suffix=".jsonl"):
+        path = tmp_path / f"data{suffix}"
+        path.write_text(content, encoding="utf-8", newline="")
+        return _cli._read_data(
+            SimpleNamespace(data=path, text_column="text", label_column=None), plan
+        )
+
+    def error(content, suffix=".jsonl"):
+        with pytest.raises(_cli.UsageError) as info:
+            read(content, suffix)
+        return str(info.value)
+
+    line = json.dumps({"text": "a\u2028b", "label": True}, ensure_ascii=False)
+    assert read(line + "\r\n" + '{"text": "c", "label": 0}\n') == (["a\u2028b", "c"], [1, 0])
+    assert read(json.dumps({"text": "a", "label": "true"}, indent=2), ".json") == (["a"], [1])
+    assert "line 2 is not valid JSON" in error(
+        '{"text": "a"}\n{"text": "b", "n": ' + "9" * 5000 + "}"
+    )
+    assert "line 1 is not valid JSON" in error(
+        '{"text": "a", "x": ' + "[" * 100000 + "]" * 100000 + "}"
+    )
+    assert "line 1: the text holds an unpaired surrogate" in error('{"text": "a\\ud800b"}')
+    assert "line 1: label '' is not one of" in error('{"text": "a", "label": null}')
+    assert "line 1: label '\u00b2' is not one of" in error('{"text": "a", "label": "\u00b2"}')
+    assert "holds NUL characters" in error('{"text": "a\\u0000b"}')
 
 
 def test_heads_of_other_architectures_are_heads():
