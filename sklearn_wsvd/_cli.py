@@ -269,10 +269,10 @@ def _read_data(args, plan):
                         raw.append((place, label.strip()))
     except csv.Error as exc:
         raise UsageError(f"--data {path} is not a valid CSV ({exc})") from None
-    except UnicodeDecodeError as exc:
+    except UnicodeDecodeError:
         raise UsageError(
-            f"--data {path} is not UTF-8 text (byte {exc.start}): give a .txt of lines, "
-            "a .csv, a .tsv or JSON Lines"
+            f"--data {path} is not UTF-8 text (byte {_first_bad_byte(path)}): give a .txt of "
+            "lines, a .csv, a .tsv or JSON Lines"
         ) from None
     except OSError as exc:
         raise UsageError(f"--data {path}: {exc.strerror or exc}") from None
@@ -329,6 +329,16 @@ def _table(f, suffix, path):
                 f"--data {path}, {place}: expected an object of columns, got {type(row).__name__}"
             )
     return list(dict.fromkeys(key for _, row in rows for key in row)), rows
+
+
+def _first_bad_byte(path) -> int:
+    """Offset of the first byte of ``path`` that is not UTF-8 (a decoding error's own offset
+    counts from the chunk being read)."""
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start
+    return -1
 
 
 def _encodable(text: str) -> bool:

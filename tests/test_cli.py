@@ -586,6 +586,19 @@ def test_json_data_edge_cases(tmp_path):
     assert "holds NUL characters" in error('{"text": "a\\u0000b"}')
 
 
+def test_a_bad_byte_is_named_by_its_offset_in_the_file(tmp_path):
+    # The decoder's offset counted from the chunk being read: byte 40005 was "byte 7237".
+    from types import SimpleNamespace
+
+    path = tmp_path / "data.csv"
+    content = b"text\n" + b"good film\n" * 4000
+    path.write_bytes(content + b"\xff\n")
+    plan = _cli._Plan(tmp_path, {}, "feature-extraction")
+    args = SimpleNamespace(data=path, text_column="text", label_column=None)
+    with pytest.raises(_cli.UsageError, match=f"not UTF-8 text \\(byte {len(content)}\\)"):
+        _cli._read_data(args, plan)
+
+
 def test_heads_of_other_architectures_are_heads():
     import re
 
