@@ -636,10 +636,9 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         are zero everywhere are an error unless ``zero_weight_ok`` (``transform``:
         rows of zero weight get zero scores).
         """
-        allow_nan = sample_weight is not None
         if is_tensor(X):
             X_in = X
-            _check_tensor_X(X, allow_nan)
+            _check_tensor_X(X)
             if reset:
                 self.n_features_in_ = X.shape[1]
                 self.__dict__.pop("feature_names_in_", None)
@@ -655,7 +654,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 reset=reset,
                 accept_sparse=("csr", "csc", "coo"),
                 dtype=[np.float64, np.float32],
-                ensure_all_finite="allow-nan" if allow_nan else True,
+                ensure_all_finite="allow-nan",  # NaN: missing, named below without weights
             )
             if sp.issparse(X_in):
                 X_in = X_in.toarray()
@@ -674,6 +673,12 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 f"{torch.finfo(dtype).max:.3g}); pass dtype='float64' or rescale X."
             )
         if W is None:
+            nan = int(torch.isnan(X).sum())
+            if nan:
+                raise ValueError(
+                    f"Input X contains {nan} NaN entries and no sample_weight: give missing "
+                    "entries weight zero, e.g. sample_weight=~np.isnan(X)."
+                )
             return X_in, X, None
         missing = ~torch.isfinite(X)
         if missing.any() and (self.feature_metric is not None or sample_metric is not None):
@@ -745,7 +750,7 @@ def _float_dtype(t):
     return t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def _check_tensor_X(X, allow_nan):
+def _check_tensor_X(X):
     if X.ndim != 2:
         raise ValueError(f"Expected a 2D tensor, got a {X.ndim}D tensor of shape {tuple(X.shape)}.")
     if X.shape[0] < 1 or X.shape[1] < 1:
@@ -754,9 +759,8 @@ def _check_tensor_X(X, allow_nan):
         )
     if X.is_complex() or X.dtype == torch.bool:
         raise TypeError(f"X must hold real numbers, got a tensor of dtype {X.dtype}.")
-    finite = torch.isfinite(X) | (torch.isnan(X) if allow_nan else False)
-    if not finite.all():
-        raise ValueError("Input X contains NaN or infinity.")
+    if torch.isinf(X).any():
+        raise ValueError("Input X contains infinity.")
 
 
 def _check_missing_entries(missing, observed):

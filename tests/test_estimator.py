@@ -231,7 +231,9 @@ def bad_inputs(X, W):
         (X, W_nan, {}, ValueError, "sample_weight contains NaN or infinite"),
         (X, W_inf, {}, ValueError, "sample_weight contains NaN or infinite"),
         (X_nan, W, {}, ValueError, "X contains 1 NaN or infinite entries where sample_weight"),
-        (X_nan, None, {}, ValueError, "Input X contains NaN"),
+        # scikit-learn's own message recommended HistGradientBoosting here
+        (X_nan, None, {}, ValueError, "contains 1 NaN entries and no sample_weight: give missing"),
+        (torch.tensor(X_nan), None, {}, ValueError, r"sample_weight=~np.isnan\(X\)"),
         (X_inf, W, {}, ValueError, "Input X contains infinity"),
         (X, W[:, :5], {}, ValueError, r"sample_weight has shape \(30, 5\), but X has shape"),
         (X, W[:7, 0], {}, ValueError, r"sample_weight has shape \(7,\)"),
@@ -257,7 +259,7 @@ def bad_inputs(X, W):
     ]
 
 
-@pytest.mark.parametrize("case", range(26))
+@pytest.mark.parametrize("case", range(27))
 def test_bad_input_raises_a_clear_error(data, case):
     X, W = data
     X_in, W_in, params, exc, match = bad_inputs(X, W)[case]
