@@ -53,7 +53,8 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     for an importance matrix ``W >= 0`` given as ``sample_weight``. Uniform, row
     and rank-one weights have exact closed forms; general element-wise weights are
     solved iteratively, starting from the closed form. Zero weights mark entries
-    that do not matter, where ``X`` may hold NaN (matrix completion). Like
+    that do not matter, where ``X`` may hold NaN (matrix completion); without
+    ``sample_weight``, NaN entries are missing and the others weigh one. Like
     TruncatedSVD, the data are not centred.
 
     Metrics on the features (``feature_metric``, ``C``) and on the samples
@@ -281,7 +282,8 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         sample_weight : array-like of shape (n_samples,) or (n_samples, n_features), \
                 default=None
             Non-negative importance of each sample (row) or of each entry. None
-            means uniform weights.
+            means uniform weights, except that NaN entries of ``X`` are missing
+            (weight zero).
         sample_metric : array-like of shape (n_samples, n_samples) or (n_samples,), \
                 default=None
             Symmetric positive semi-definite metric ``R`` over the samples (a
@@ -310,7 +312,8 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             Not used, present for API consistency.
         sample_weight : array-like of shape (n_samples,) or (n_samples, n_features), \
                 default=None
-            Non-negative importance of each sample or of each entry.
+            Non-negative importance of each sample or of each entry, as in
+            :meth:`fit` (None: NaN entries are missing).
         sample_metric : array-like of shape (n_samples, n_samples) or (n_samples,), \
                 default=None
             Metric over the samples, as in :meth:`fit`.
@@ -450,7 +453,8 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             Data to transform.
         sample_weight : array-like of shape (n_samples,) or (n_samples, n_features), \
                 default=None
-            Non-negative importance of each sample or of each entry.
+            Non-negative importance of each sample or of each entry, as in
+            :meth:`fit` (None: NaN entries are missing).
         sample_metric : array-like of shape (n_samples, n_samples) or (n_samples,), \
                 default=None
             Metric over the rows of ``X``, as in :meth:`fit`.
@@ -522,7 +526,8 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             Not used, present for API consistency.
         sample_weight : array-like of shape (n_samples,) or (n_samples, n_features), \
                 default=None
-            Non-negative importance of each sample or of each entry.
+            Non-negative importance of each sample or of each entry, as in
+            :meth:`fit` (None: NaN entries are missing).
         sample_metric : array-like of shape (n_samples, n_samples) or (n_samples,), \
                 default=None
             Metric over the rows of ``X``, as in :meth:`fit`.
@@ -631,7 +636,8 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         """Return the user's (validated) X, X as a finite tensor, and the weights tensor.
 
         Missing entries (NaN where the weight is zero) are filled with zero. The
-        weights tensor is None (uniform), 1-D (rows) or 2-D (entries). With a
+        weights tensor is None (uniform), 1-D (rows) or 2-D (entries); without
+        ``sample_weight``, NaN entries are missing and the others weigh one. With a
         metric every entry enters the error, so none may be missing. Weights that
         are zero everywhere are an error unless ``zero_weight_ok`` (``transform``:
         rows of zero weight get zero scores).
@@ -654,7 +660,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 reset=reset,
                 accept_sparse=("csr", "csc", "coo"),
                 dtype=[np.float64, np.float32],
-                ensure_all_finite="allow-nan",  # NaN: missing, named below without weights
+                ensure_all_finite="allow-nan",  # NaN: a missing entry (of zero weight)
             )
             if sp.issparse(X_in):
                 X_in = X_in.toarray()
@@ -664,6 +670,10 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         W = None
         if sample_weight is not None:
             W = _check_sample_weight(sample_weight, X, zero_weight_ok=zero_weight_ok)
+        elif torch.isnan(X).any():  # missing entries; the others weigh one
+            W = (~torch.isnan(X)).to(X.dtype)
+            if not (zero_weight_ok or W.any()):
+                raise ValueError("X is NaN everywhere: no entry to fit.")
         observed = None if W is None else _observed(W)
         # X is finite (checked above) where it counts: infinite there means beyond the dtype
         overflow = torch.isinf(X) if W is None else torch.isinf(X) & observed
@@ -673,12 +683,6 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 f"{torch.finfo(dtype).max:.3g}); pass dtype='float64' or rescale X."
             )
         if W is None:
-            nan = int(torch.isnan(X).sum())
-            if nan:
-                raise ValueError(
-                    f"Input X contains {nan} NaN entries and no sample_weight: give missing "
-                    "entries weight zero, e.g. sample_weight=~np.isnan(X)."
-                )
             return X_in, X, None
         missing = ~torch.isfinite(X)
         if missing.any() and (self.feature_metric is not None or sample_metric is not None):
@@ -719,6 +723,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
+        tags.input_tags.allow_nan = True  # a missing entry
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
 
@@ -866,7 +871,8 @@ def weighted_low_rank(X, sample_weight=None, n_components=2, *, sample_metric=No
     X : {array-like, sparse matrix, torch.Tensor} of shape (m, n)
         Target matrix.
     sample_weight : array-like of shape (m,) or (m, n), default=None
-        Non-negative importance of each row or entry.
+        Non-negative importance of each row or entry (None: uniform, NaN entries
+        of ``X`` missing).
     n_components : int, default=2
         Rank ``k``.
     sample_metric : array-like of shape (m, m) or (m,), default=None

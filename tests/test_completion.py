@@ -192,6 +192,20 @@ def test_grid_search_picks_a_penalty_that_lowers_the_hidden_error():
         for a in alphas[1:]
     )
     assert chosen < 1.1 * best
+    # Without routing (and weights), NaN marks the missing entries for the estimator
+    # and the scorer alike: the same search, score for score.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.filterwarnings("ignore", ".*fewer entries of non-zero weight", UserWarning)
+        plain = GridSearchCV(
+            WeightedTruncatedSVD(8, random_state=0),
+            {"alpha": alphas},
+            scoring=HiddenEntryScorer(),
+            cv=KFold(5, shuffle=True, random_state=0),
+        ).fit(X)
+    np.testing.assert_array_equal(
+        plain.cv_results_["mean_test_score"], grid.cv_results_["mean_test_score"]
+    )
 
 
 def _entry_folds(W, n_folds, seed=0):

@@ -231,9 +231,8 @@ def bad_inputs(X, W):
         (X, W_nan, {}, ValueError, "sample_weight contains NaN or infinite"),
         (X, W_inf, {}, ValueError, "sample_weight contains NaN or infinite"),
         (X_nan, W, {}, ValueError, "X contains 1 NaN or infinite entries where sample_weight"),
-        # scikit-learn's own message recommended HistGradientBoosting here
-        (X_nan, None, {}, ValueError, "contains 1 NaN entries and no sample_weight: give missing"),
-        (torch.tensor(X_nan), None, {}, ValueError, r"sample_weight=~np.isnan\(X\)"),
+        (np.full_like(X, np.nan), None, {}, ValueError, "X is NaN everywhere"),
+        (X_nan, None, {"feature_metric": np.ones(12)}, ValueError, "no entry can be missing"),
         (X_inf, W, {}, ValueError, "Input X contains infinity"),
         (X, W[:, :5], {}, ValueError, r"sample_weight has shape \(30, 5\), but X has shape"),
         (X, W[:7, 0], {}, ValueError, r"sample_weight has shape \(7,\)"),
@@ -269,6 +268,27 @@ def test_bad_input_raises_a_clear_error(data, case):
     for before, after in zip(copies, (X_in, W_in), strict=True):
         if isinstance(before, np.ndarray):
             np.testing.assert_array_equal(before, after)
+
+
+def test_nan_without_weights_is_missing(data):
+    # Without sample_weight, NaN entries are missing and the others weigh one: the
+    # same fit and fold-in as with those weights given (it was an error, whose message,
+    # scikit-learn's, recommended HistGradientBoosting).
+    X, _ = data
+    X = X.copy()
+    X[np.random.default_rng(0).uniform(size=X.shape) < 0.3] = np.nan
+    W = np.isfinite(X).astype(float)
+    implicit = WeightedTruncatedSVD(3, random_state=0).fit(X)
+    explicit = WeightedTruncatedSVD(3, random_state=0).fit(X, sample_weight=W)
+    np.testing.assert_array_equal(implicit.components_, explicit.components_)
+    np.testing.assert_array_equal(implicit.transform(X), explicit.transform(X, sample_weight=W))
+    assert implicit.score(X) == explicit.score(X, sample_weight=W)
+    assert np.isfinite(implicit.transform(np.full((1, X.shape[1]), np.nan))).all()
+    for bad in (np.inf, -np.inf):  # infinity is never a missing entry
+        X_bad = X.copy()
+        X_bad[0, 0] = bad
+        with pytest.raises(ValueError, match="infinity"):
+            WeightedTruncatedSVD(3).fit(X_bad)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
