@@ -36,6 +36,7 @@ from ._solvers import (
     objective,
     resolve_solver,
     solve,
+    uniform_weight,
     value_scale,
     weighted_row_solve,
     weights_in_range,
@@ -401,10 +402,10 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             "objective": np.asarray(factors.objective),
             "seconds": np.asarray(factors.seconds),
         }
-        self._warn_about_the_solve(W, sample_weight, factors, stacklevel + 1)
+        self._warn_about_the_solve(W, factors, stacklevel + 1)
         return output_like(Z, X_in)
 
-    def _warn_about_the_solve(self, W, sample_weight, factors, stacklevel):
+    def _warn_about_the_solve(self, W, factors, stacklevel):
         if not factors.converged:
             warnings.warn(
                 f"Solver {self.solver_!r} reached max_iter={factors.n_iter} before the "
@@ -422,7 +423,8 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 ConvergenceWarning,
                 stacklevel=stacklevel,
             )
-        if sample_weight is None or self.alpha > 0 or self.solver_ in CLOSED_FORM:
+        # weights given or NaN in X (missing entries), not uniform
+        if uniform_weight(W) is not None or self.alpha > 0 or self.solver_ in CLOSED_FORM:
             return
         rows, cols = count_underdetermined(W, self.n_components)
         if rows or cols:
@@ -673,7 +675,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         elif torch.isnan(X).any():  # missing entries; the others weigh one
             W = (~torch.isnan(X)).to(X.dtype)
             if not (zero_weight_ok or W.any()):
-                raise ValueError("X is NaN everywhere: no entry to fit.")
+                raise ValueError("X is NaN everywhere: nothing to fit or score.")
         observed = None if W is None else _observed(W)
         # X is finite (checked above) where it counts: infinite there means beyond the dtype
         overflow = torch.isinf(X) if W is None else torch.isinf(X) & observed

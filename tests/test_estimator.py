@@ -231,7 +231,13 @@ def bad_inputs(X, W):
         (X, W_nan, {}, ValueError, "sample_weight contains NaN or infinite"),
         (X, W_inf, {}, ValueError, "sample_weight contains NaN or infinite"),
         (X_nan, W, {}, ValueError, "X contains 1 NaN or infinite entries where sample_weight"),
-        (np.full_like(X, np.nan), None, {}, ValueError, "X is NaN everywhere"),
+        (
+            np.full_like(X, np.nan),
+            None,
+            {},
+            ValueError,
+            "X is NaN everywhere: nothing to fit or score",
+        ),
         (X_nan, None, {"feature_metric": np.ones(12)}, ValueError, "no entry can be missing"),
         (X_inf, W, {}, ValueError, "Input X contains infinity"),
         (X, W[:, :5], {}, ValueError, r"sample_weight has shape \(30, 5\), but X has shape"),
@@ -284,6 +290,11 @@ def test_nan_without_weights_is_missing(data):
     np.testing.assert_array_equal(implicit.transform(X), explicit.transform(X, sample_weight=W))
     assert implicit.score(X) == explicit.score(X, sample_weight=W)
     assert np.isfinite(implicit.transform(np.full((1, X.shape[1]), np.nan))).all()
+    # and the warning about rows with fewer observed entries than k fires without weights too
+    X[0, 1:] = np.nan
+    for weights in (None, np.isfinite(X).astype(float)):
+        with pytest.warns(UserWarning, match="1 of 30 rows and 0 of 12 columns have fewer"):
+            WeightedTruncatedSVD(3, random_state=0).fit(X, sample_weight=weights)
     for bad in (np.inf, -np.inf):  # infinity is never a missing entry
         X_bad = X.copy()
         X_bad[0, 0] = bad

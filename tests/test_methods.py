@@ -149,6 +149,16 @@ def test_full_rank_is_exact_for_every_method(stats):
             torch.testing.assert_close(small(x), model(x), atol=1e-4, rtol=1e-4)
 
 
+def test_a_weight_with_nan_is_refused_by_every_method(stats):
+    # A NaN in a layer's weight is damage: the estimator would now read it as a missing
+    # entry, and "svd" returned finite factors of the zero-filled weight.
+    weight = correlated_mlp()[0].weight.detach().clone()
+    weight[0, 0] = float("nan")
+    for method in METHODS.values():
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            method.factorise(weight, stats["0"], 4)
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_round_trips_through_save_and_load(method, tmp_path):
     bert = tiny_bert()

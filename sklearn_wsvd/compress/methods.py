@@ -62,7 +62,12 @@ def get_method(name: str) -> Method:
 
 
 def fit_factors(X, rank, *, sample_weight=None, sample_metric=None, **params):
-    """``X ~ U @ V`` by the estimator; ``U``, ``V`` tensors like ``X``, plus the solver used."""
+    """``X ~ U @ V`` by the estimator; ``U``, ``V`` tensors like ``X``, plus the solver used.
+
+    ``X`` is a layer's weight: a NaN in it is damage, not a missing entry, and is refused.
+    """
+    if not torch.isfinite(torch.as_tensor(X)).all():
+        raise ValueError("The weight matrix contains NaN or infinite values.")
     est = WeightedTruncatedSVD(rank, **params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
