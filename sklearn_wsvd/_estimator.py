@@ -672,8 +672,8 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         W = None
         if sample_weight is not None:
             W = _check_sample_weight(sample_weight, X, zero_weight_ok=zero_weight_ok)
-        elif torch.isnan(X).any():  # missing entries; the others weigh one
-            W = (~torch.isnan(X)).to(X.dtype)
+        elif (nan := torch.isnan(X)).any():  # missing entries; the others weigh one
+            W = (~nan).to(X.dtype)
             if not (zero_weight_ok or W.any()):
                 raise ValueError("X is NaN everywhere: nothing to fit or score.")
         observed = None if W is None else _observed(W)

@@ -226,7 +226,7 @@ def complete_rank(X, W, A, B, alpha: float = 0.0, svd_solver: str = "auto"):
         revived = revive(X, W, A0, B0, alpha, objective(X, W, A0, B0, alpha), tol=0.0)
         return (A0, B0) if revived is None else revived
     R = X - A0 @ B0
-    A1, B1 = rank1(R, W, k - r, alpha, svd_solver)
+    A1, B1 = rank1(R, W, k - r, 0.0, svd_solver)
     M = A1 @ B1
     curvature = float((W * M.square()).sum())
     if curvature > 0:  # the best step t along M
