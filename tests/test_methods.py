@@ -328,7 +328,7 @@ def tiny_gemma2():
     return transformers.Gemma2ForCausalLM(config).eval()
 
 
-@pytest.mark.parametrize("make", ["bert", "gpt2", "llama", "gemma2"])
+@pytest.mark.parametrize("make", ["bert", "gpt2", "llama", "gemma2", "gemma3"])
 def test_block_runner_matches_full_forward_passes(make, monkeypatch):
     """Running block by block on cached hidden states is the same computation.
 
@@ -337,13 +337,17 @@ def test_block_runner_matches_full_forward_passes(make, monkeypatch):
     fitted to other hidden states than the model computes).
     """
     from test_compress import tiny_gpt2
-    from test_io import tiny_llama
+    from test_io import tiny_gemma3, tiny_llama
 
     from sklearn_wsvd.compress import _sequential
 
-    model = {"bert": tiny_bert, "gpt2": tiny_gpt2, "llama": tiny_llama, "gemma2": tiny_gemma2}[
-        make
-    ]()
+    model = {
+        "bert": tiny_bert,
+        "gpt2": tiny_gpt2,
+        "llama": tiny_llama,
+        "gemma2": tiny_gemma2,
+        "gemma3": tiny_gemma3,
+    }[make]()
     batches = token_batches(n_batches=2, size=3)
     if make != "bert":  # causal LMs: rotary positions (llama) and a padded row
         batches = [{"input_ids": b["input_ids"]} for b in batches]
