@@ -196,11 +196,11 @@ def compress_model(
         ``min |(W - W') X~|``. For methods that use the inputs ("asvd",
         "svd-llm", "kfac"); needs ``batches`` as a sequence. Measured
         (``benchmarks/results/``): "refit" helped the two encoders (up to 0.056
-        accuracy over the same method in one pass) and ruined the decoder
+        accuracy over the same method in one pass) and ruined a decoder
         (SmolLM2's perplexity 57 -> 745 with "kfac" and a budget at 80% kept:
         each refitted layer's own error is lower, yet the hidden states drift
         over twice as far from the original model's); "reweight" moved the
-        encoders' accuracy by -0.020 to +0.012 and lowered "svd-llm"'s perplexity on the decoder
+        encoders' accuracy by -0.020 to +0.012 and lowered "svd-llm"'s perplexity on SmolLM2
         (102 -> 93 at 80% kept). Off unless asked.
     importance : dict of str to tensor, optional
         A diagonal Fisher per layer (:func:`fisher_importance`), for the Fisher
