@@ -68,22 +68,38 @@ def tiny_llama():
     return transformers.LlamaForCausalLM(config).eval()
 
 
-def tiny_gemma3():
-    """Gemma-3: sliding-window and full-attention layers with rotary embeddings of their own."""
+def _tiny_gemma(config_class, model_class, **config):
+    """Three blocks, sliding windows of 3 tokens beside full attention: per-layer masks."""
     torch.manual_seed(0)
-    config = transformers.Gemma3TextConfig(
+    config = config_class(
         vocab_size=60,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=3,
         num_attention_heads=2,
-        num_key_value_heads=1,
         head_dim=16,
         sliding_window=3,
         max_position_embeddings=32,
+        **config,
+    )
+    return model_class(config).eval()
+
+
+def tiny_gemma2():
+    """Gemma-2: layers alternate a sliding window with full attention."""
+    return _tiny_gemma(
+        transformers.Gemma2Config, transformers.Gemma2ForCausalLM, num_key_value_heads=2
+    )
+
+
+def tiny_gemma3():
+    """Gemma-3: sliding-window and full-attention layers with rotary embeddings of their own."""
+    return _tiny_gemma(
+        transformers.Gemma3TextConfig,
+        transformers.Gemma3ForCausalLM,
+        num_key_value_heads=1,
         layer_types=["sliding_attention", "sliding_attention", "full_attention"],
     )
-    return transformers.Gemma3ForCausalLM(config).eval()
 
 
 FFN = "bert.encoder.layer.0.intermediate.dense"

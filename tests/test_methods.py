@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-import transformers
 from test_compress import tiny_bert, token_batches
 from torch import nn
 
@@ -311,23 +310,6 @@ def test_stages_follow_the_blocks_of_a_transformer():
     assert all(n.startswith("bert.encoder.layer.0.") for n in groups[0])
 
 
-def tiny_gemma2():
-    """Layers alternate a sliding window of 3 tokens with full attention: per-layer masks."""
-    torch.manual_seed(0)
-    config = transformers.Gemma2Config(
-        vocab_size=60,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=16,
-        sliding_window=3,
-        max_position_embeddings=32,
-    )
-    return transformers.Gemma2ForCausalLM(config).eval()
-
-
 @pytest.mark.parametrize("make", ["bert", "gpt2", "llama", "gemma2", "gemma3"])
 def test_block_runner_matches_full_forward_passes(make, monkeypatch):
     """Running block by block on cached hidden states is the same computation.
@@ -337,7 +319,7 @@ def test_block_runner_matches_full_forward_passes(make, monkeypatch):
     fitted to other hidden states than the model computes).
     """
     from test_compress import tiny_gpt2
-    from test_io import tiny_gemma3, tiny_llama
+    from test_io import tiny_gemma2, tiny_gemma3, tiny_llama
 
     from sklearn_wsvd.compress import _sequential
 
