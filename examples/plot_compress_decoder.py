@@ -12,7 +12,8 @@ quick; ``benchmarks/bench_decoder.py`` uses 64 and 64 of 256 tokens and all 210
 linear layers).
 
 A causal language model needs no labels: its loss on the calibration text is
-the next-token loss, so the curvature-aware default (``kfac``, a budget spread by
+the next-token loss (the batches hold text only; the tokens, padding excluded,
+are their own labels), so the curvature-aware default (``kfac``, a budget spread by
 the predicted loss increase) applies directly. We compare
 it with plain SVD and with SVD-LLM (output-error whitening) at the same sizes.
 """
@@ -49,8 +50,7 @@ def batches(texts, size=4, length=128):
     for i in range(0, len(texts), size):
         enc = tokenizer(texts[i : i + size], truncation=True, max_length=length,
                         return_tensors="pt", padding=True)  # fmt: skip
-        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-        out.append({**enc, "labels": labels})
+        out.append(dict(enc))  # text only: its tokens are its labels
     return out
 
 

@@ -661,11 +661,7 @@ def _batches(args, plan, model, tokenizer):
                 return_tensors="pt",
             )
             batch = {k: v.to(plan.device) for k, v in enc.items() if k in accepted}
-            if plan.task == "causal-lm":
-                mask = batch.get("attention_mask")
-                labels = batch["input_ids"]
-                batch["labels"] = labels if mask is None else labels.masked_fill(mask == 0, -100)
-            elif plan.labels is not None:
+            if plan.labels is not None:  # a causal LM's text is its own labels
                 batch["labels"] = torch.tensor([plan.labels[j] for j in chunk], device=plan.device)
             out.append(batch)
         return out

@@ -696,3 +696,29 @@ def test_a_key_value_cache_is_not_captured_with_the_blocks_inputs():
         runner.paired_inputs(block, stage)
         runner.advance(block)
         torch.testing.assert_close(runner.original[0], hidden.hidden_states[i + 1])
+
+
+def test_a_causal_lms_text_is_its_own_labels():
+    """Text alone calibrates a causal LM with its loss (the default method, "kfac"),
+    as if its tokens were passed as labels, padding excluded; an encoder's text does not."""
+    model = tiny_gpt2()
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 60, (4, 10), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0  # one padded row
+    text = [{"input_ids": ids, "attention_mask": mask}]
+    labelled = [{**text[0], "labels": ids.masked_fill(mask == 0, -100)}]
+    collect = ("fisher", "output_gradients")
+    by_text = collect_statistics(model, text, collect=collect)
+    by_labels = collect_statistics(model, labelled, collect=collect)
+    for name, st in by_labels.items():
+        torch.testing.assert_close(by_text[name].fisher, st.fisher, rtol=0, atol=0)
+        G = st.output_gradient_moment
+        torch.testing.assert_close(by_text[name].output_gradient_moment, G, rtol=0, atol=0)
+    assert "labels" not in text[0]  # the caller's batch is untouched
+    small, report = compress_model(model, param_budget=0.5, batches=text, progress=False)
+    assert report.method == "kfac"
+    # An encoder's text defines no loss: inputs only.
+    encoder_text = [{"input_ids": ids, "attention_mask": mask}]
+    _, report = compress_model(tiny_bert(), param_budget=0.5, batches=encoder_text, progress=False)
+    assert report.method == "svd-llm"

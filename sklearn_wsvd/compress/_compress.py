@@ -27,7 +27,7 @@ from ._sequential import (
 )
 from ._targets import find_targets
 from .allocation import allocation_name, check_rank, resolve_ranks
-from .calibration import collect_statistics, statistics_from_importance
+from .calibration import collect_statistics, statistics_from_importance, with_text_labels
 from .layers import LowRankLinear, dense_weight, linear_shape, set_submodule
 from .methods import DEFAULT_DAMPING, METHODS, OUTPUT_DAMPING, get_method
 from .report import CompressionReport, LayerReport
@@ -170,8 +170,8 @@ def compress_model(
         A name of :data:`~sklearn_wsvd.compress.METHODS`: "svd", "fwsvd",
         "fisher-rank1", "tfwsvd", "asvd", "svd-llm" or "kfac". "auto" picks
         "kfac" (the Kronecker-factored curvature: the least predicted loss
-        increase) when its statistics are there or the batches define a loss,
-        else the best that they allow ("svd-llm" with inputs only, "tfwsvd" with
+        increase) when its statistics are there or the batches define a loss
+        (they hold ``labels``, or text for a causal LM, its own labels), else the best that they allow ("svd-llm" with inputs only, "tfwsvd" with
         a Fisher only, "svd" without statistics). The best recipe measured in
         one pass is "kfac" with ``param_budget`` (ranks spread by the K-FAC loss estimate):
         what ``compress_model(model, param_budget=f, batches=labelled_batches)``
@@ -295,7 +295,7 @@ def compress_model(
     if importance is not None:
         statistics = statistics_from_importance(importance, shapes)
     if statistics is None and batches is not None:
-        method, batches = _method_for_batches(method, batches, loss_fn)
+        method, batches = _method_for_batches(method, model, batches, loss_fn)
     elif method == "auto":
         method = _resolve_method(method, statistics, provided=("inputs",) if reusable else ())
     _check_sequential(sequential, method)
@@ -519,8 +519,10 @@ def _check_sequential(sequential, method):
         )
 
 
-def _method_for_batches(method, batches, loss_fn):
+def _method_for_batches(method, model, batches, loss_fn):
     """``"auto"`` with batches: the default when the batches define a loss, else inputs only.
+
+    They define one with ``loss_fn``, with ``labels``, or as a causal LM's text.
 
     Returns the method and the batches, the first put back where reading it
     consumed it (a generator).
@@ -531,7 +533,9 @@ def _method_for_batches(method, batches, loss_fn):
     first = next(iterator, None)
     if iterator is batches and first is not None:
         batches = itertools.chain([first], iterator)
-    has_loss = loss_fn is not None or (isinstance(first, Mapping) and "labels" in first)
+    has_loss = loss_fn is not None or (
+        isinstance(first, Mapping) and "labels" in with_text_labels(model, first)
+    )
     return (DEFAULT_METHOD if has_loss else "svd-llm"), batches
 
 

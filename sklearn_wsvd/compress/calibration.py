@@ -9,6 +9,7 @@ one :class:`InputStatistics`.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -196,6 +197,44 @@ def _forward(model, batch, loss_fn):
     return getattr(out, "loss", None)
 
 
+def is_causal_lm(model) -> bool:
+    """Whether ``model`` is a transformers causal language model (``*ForCausalLM``).
+
+    Its text is its own labels: the loss is the next-token loss of the batch.
+    """
+    transformers = sys.modules.get("transformers")  # a transformers model has imported it
+    if transformers is None or not isinstance(model, transformers.PreTrainedModel):
+        return False
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    name = type(model).__name__
+    return name.endswith("ForCausalLM") or any(
+        name == value or (isinstance(value, tuple) and name in value)
+        for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+    )
+
+
+def with_text_labels(model, batch):
+    """A causal LM's batch of text (``input_ids``, no ``labels``) with its tokens as labels.
+
+    Padding (``attention_mask == 0``) gets the label -100, which the loss skips, as
+    transformers' language-modelling collator does. Other batches are returned as
+    they are.
+    """
+    if not (
+        isinstance(batch, Mapping)
+        and "input_ids" in batch
+        and "labels" not in batch
+        and is_causal_lm(model)
+    ):
+        return batch
+    labels = batch["input_ids"]
+    mask = batch.get("attention_mask")
+    if mask is not None:
+        labels = labels.masked_fill(mask == 0, -100)
+    return {**batch, "labels": labels}
+
+
 def _token_mask(batch):
     """The attention mask of a Hugging Face batch (padding excluded), flattened; else None."""
     if isinstance(batch, Mapping) and batch.get("attention_mask") is not None:
@@ -241,7 +280,9 @@ def collect_statistics(
       Padding tokens (``attention_mask == 0`` in a Hugging Face batch) are left
       out; layers that read the same tensor share one matrix.
     - ``"fisher"``: the diagonal empirical Fisher, the mean squared gradient of
-      the loss w.r.t. each weight (FWSVD, TFWSVD). Needs a loss.
+      the loss w.r.t. each weight (FWSVD, TFWSVD). Needs a loss: ``labels`` in
+      the batches, or text for a transformers causal language model (its
+      ``input_ids``, padding excluded, are its labels when the batch has none).
     - ``"output_gradients"``: ``G``, the second moment of the gradient of the
       loss w.r.t. the layer's output, summed over tokens (K-FAC). Needs a loss.
 
@@ -254,7 +295,8 @@ def collect_statistics(
     ----------
     model : nn.Module
         A Hugging Face model (batches are dicts; with ``labels`` its output's
-        ``.loss`` is the loss) or any module (with ``loss_fn`` for a loss).
+        ``.loss`` is the loss, and a ``*ForCausalLM`` model's text is its own
+        labels) or any module (with ``loss_fn`` for a loss).
     batches : iterable
         Dicts of tensors, or ``(inputs, targets)`` pairs when ``loss_fn`` is given,
         or tuples of positional inputs.
@@ -360,6 +402,8 @@ def collect_statistics(
                     with torch.no_grad():
                         _forward(model, sample, loss_fn)
                     continue
+                if loss_fn is None:
+                    sample = with_text_labels(model, sample)
                 loss = _checked_loss(_forward(model, sample, loss_fn))
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
                 for name, g in zip(names, grads, strict=True):
