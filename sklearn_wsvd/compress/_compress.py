@@ -171,10 +171,11 @@ def compress_model(
         "fisher-rank1", "tfwsvd", "asvd", "svd-llm" or "kfac". "auto" picks
         "kfac" (the Kronecker-factored curvature: the least predicted loss
         increase) when its statistics are there or the batches define a loss
-        (they hold ``labels``, or text for a causal LM, its own labels), else the best that they allow ("svd-llm" with inputs only, "tfwsvd" with
-        a Fisher only, "svd" without statistics). The best recipe measured in
-        one pass is "kfac" with ``param_budget`` (ranks spread by the K-FAC loss estimate):
-        what ``compress_model(model, param_budget=f, batches=labelled_batches)``
+        (they hold ``labels``, or text for a causal LM, its own labels), else
+        the best that they allow ("svd-llm" with inputs only, "tfwsvd" with a
+        Fisher only, "svd" without statistics). The best recipe measured in one
+        pass is "kfac" with ``param_budget`` (ranks spread by the K-FAC loss
+        estimate): what ``compress_model(model, param_budget=f, batches=batches)``
         does.
     statistics : dict of str to LayerStatistics, optional
         From :func:`collect_statistics` over calibration batches.
