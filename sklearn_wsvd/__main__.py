@@ -112,6 +112,17 @@ def _regex(text):
     return text
 
 
+def _gibibytes(text):
+    """A positive size in GiB, as a count of bytes."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf or value * 2**30 < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive size in GiB, got {text!r}")
+    return int(value * 2**30)
+
+
 def _n_jobs(text):
     try:
         value = int(text)
@@ -289,6 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         type=_n_jobs,
         help="layers factorised in parallel (joblib); -1: all cores",
+    )
+    how.add_argument(
+        "--statistics-memory",
+        metavar="GIB",
+        type=_gibibytes,
+        help="most GiB of calibration statistics held at once: layers in groups that fit, "
+        "each group calibrated by passes of its own; default: all at once",
     )
 
     run = p.add_argument_group("running and output")

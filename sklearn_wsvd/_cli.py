@@ -404,6 +404,11 @@ def _check_method(args, plan):
                 f"--sequential refits layers to their inputs; --method {args.method} does not "
                 f"use them (use {uses})"
             )
+    if args.statistics_memory is not None:
+        if args.sequential:
+            raise UsageError("--statistics-memory does not combine with --sequential")
+        if not has_text:
+            raise UsageError("--statistics-memory bounds calibration statistics: give --data")
     if args.solver != "auto" and args.method != "tfwsvd":
         raise UsageError(f"--solver applies to --method tfwsvd only, not {args.method}")
 
@@ -560,6 +565,7 @@ def compress(args) -> int:
         solver=args.solver,
         inplace=True,
         n_jobs=args.n_jobs,
+        statistics_memory=args.statistics_memory,
         progress=True,
     )
     evaluation = None

@@ -242,6 +242,13 @@ BAD = [
         ["{tmp}/regression", "--ratio", "0.5", "--data", "{tmp}/ids.csv"],
         "the model has one output or is not a single-label classifier",
     ),
+    (["{gpt2}", "--ratio", "0.5", "--statistics-memory", "0"], "must be a positive size in GiB"),
+    (["{gpt2}", "--ratio", "0.5", "--statistics-memory", "1"], "give --data"),
+    (
+        ["{gpt2}", "--ratio", "0.5", "--data", "{tmp}/text.txt", "--sequential"]
+        + ["--statistics-memory", "1"],
+        "--statistics-memory does not combine with --sequential",
+    ),
 ]
 
 
@@ -400,6 +407,21 @@ def test_llama_sequentially_with_a_global_budget(files, tmp_path, capsys, flag, 
     loaded = transformers.AutoModelForCausalLM.from_pretrained(out)
     assert any(isinstance(m, LowRankLinear) for m in loaded.modules())
     assert isinstance(loaded.lm_head, nn.Linear)
+
+
+def test_bounded_statistics_give_the_same_model(files, tmp_path, capsys):
+    argv = ["compress", str(files / "llama"), "--data", str(files / "text.txt")]
+    argv += ["--param-budget", "0.6", "--report", "json"]
+    assert cli.main([*argv, "--out", str(tmp_path / "one")]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert cli.main([*argv, "--out", str(tmp_path / "two"), "--statistics-memory", "1e-4"]) == 0
+    two = json.loads(capsys.readouterr().out)
+    assert one["method"] == two["method"] == "kfac"
+    assert [r["rank"] for r in one["layers"]] == [r["rank"] for r in two["layers"]]
+    a = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "one").state_dict()
+    b = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "two").state_dict()
+    for name, value in a.items():
+        torch.testing.assert_close(b[name], value, rtol=0, atol=0)
 
 
 def test_gguf_file_of_the_packaged_smollm2(files, tmp_path, capsys):

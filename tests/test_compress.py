@@ -152,8 +152,11 @@ def test_fisher_on_hugging_face_models_in_linear_orientation():
     # Conv1D stores c_fc as (32, 128); the importance comes (out, in) like nn.Linear.
     assert F["transformer.h.0.mlp.c_fc"].shape == (128, 32)
     assert "lm_head" not in F
+    # A causal LM's text is its own labels; a classifier's text defines no loss.
+    by_text = fisher_importance(gpt, [{"input_ids": b["input_ids"]} for b in batches])
+    torch.testing.assert_close(by_text["transformer.h.0.mlp.c_fc"], F["transformer.h.0.mlp.c_fc"])
     with pytest.raises(ValueError, match="has no .loss"):
-        fisher_importance(gpt, [{"input_ids": batches[0]["input_ids"]}])
+        fisher_importance(bert, [{"input_ids": batches[0]["input_ids"]}])
     with pytest.raises(ValueError, match="batches is empty"):
         fisher_importance(gpt, [])
 
@@ -722,3 +725,69 @@ def test_a_causal_lms_text_is_its_own_labels():
     encoder_text = [{"input_ids": ids, "attention_mask": mask}]
     _, report = compress_model(tiny_bert(), param_budget=0.5, batches=encoder_text, progress=False)
     assert report.method == "svd-llm"
+
+
+@pytest.mark.parametrize(
+    "build, batches, size",
+    [
+        (tiny_gpt2, "text", {"param_budget": 0.5}),  # kfac, a budget spread by its loss
+        (tiny_bert, "unlabelled", {"param_budget": 0.5}),  # svd-llm, uniform
+        (tiny_bert, "labelled", {"ratio": 0.3}),
+    ],
+)
+def test_bounded_statistics_memory_gives_the_same_model_in_groups(
+    monkeypatch, build, batches, size
+):
+    """statistics_memory fits the layers group by group, each group's statistics from a
+    calibration pass of its own that holds no more than the bound (or one layer's), and
+    gives the very model that one pass over all of them gives."""
+    from sklearn_wsvd.compress import _compress
+
+    model = build()
+    data = token_batches()
+    if batches != "labelled":
+        data = [{"input_ids": b["input_ids"]} for b in data]
+    one_pass, report = compress_model(model, batches=data, progress=False, **size)
+    passes = []
+    gather = _compress.collect_statistics
+
+    def spy(model, batches, *, collect, target_modules, **kw):
+        passes.append(list(target_modules))
+        return gather(model, batches, collect=collect, target_modules=target_modules, **kw)
+
+    monkeypatch.setattr(_compress, "collect_statistics", spy)
+    shapes = {r.name: r.shape for r in report.layers}
+    per_layer = {  # the bytes of one layer's statistics, as the bound counts them
+        n: 8 * (n_in * n_in + n_in + (m * m if report.method == "kfac" else 0))
+        for n, (m, n_in) in shapes.items()
+    }
+    bound = 3 * max(per_layer.values())
+    grouped, grouped_report = compress_model(
+        model, batches=data, progress=False, statistics_memory=bound, **size
+    )
+    curves_first = report.method == "kfac" and "param_budget" in size  # a pass more per group
+    groups = passes[len(passes) // 2 :] if curves_first else passes
+    assert len(passes) == (2 if curves_first else 1) * len(groups)
+    assert 1 < len(groups) < len(shapes)
+    assert [n for g in groups for n in g] == [r.name for r in report.layers]  # in order
+    assert all(sum(per_layer[n] for n in g) <= bound for g in groups)
+    assert grouped_report.method == report.method
+    assert grouped_report.allocation == report.allocation
+    assert [r.rank for r in grouped_report.layers] == [r.rank for r in report.layers]
+    for a, b in zip(grouped.state_dict().values(), one_pass.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_bounded_statistics_memory_needs_batches_and_no_sequential_pass():
+    model, data = tiny_bert(), token_batches()
+    for kwargs, match in [
+        ({"statistics_memory": 0, "batches": data}, "positive number of bytes"),
+        ({"statistics_memory": 1.5e9, "batches": data}, "positive number of bytes"),
+        ({"statistics_memory": 10**9}, "give batches"),
+        ({"statistics_memory": 10**9, "batches": data, "sequential": True}, "sequential"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            compress_model(model, ratio=0.5, progress=False, **kwargs)
+    stats = collect_statistics(model, data)
+    with pytest.raises(ValueError, match="no statistics"):
+        compress_model(model, ratio=0.5, statistics=stats, batches=data, statistics_memory=10**9)

@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._solvers import SOLVERS
+from .._validation import is_positive_int
 from ..metrics import loss_estimate, output_error
 from ._format import aliases
 from ._sequential import (
@@ -26,7 +27,17 @@ from ._sequential import (
     stages,
 )
 from ._targets import find_targets
-from .allocation import allocation_name, check_rank, resolve_ranks
+from .allocation import (
+    LOSS_KINDS,
+    allocation_name,
+    check_rank,
+    parse_budget,
+    rank_gains,
+    resolve_ranks,
+    spend_budget,
+    statistics_kinds,
+    uniform_budget_ranks,
+)
 from .calibration import collect_statistics, statistics_from_importance, with_text_labels
 from .layers import LowRankLinear, dense_weight, linear_shape, set_submodule
 from .methods import DEFAULT_DAMPING, METHODS, OUTPUT_DAMPING, get_method
@@ -145,6 +156,7 @@ def compress_model(
     risk_threshold: float | None = None,
     inplace: bool = False,
     n_jobs: int | None = None,
+    statistics_memory: int | None = None,
     progress: bool = True,
     **params,
 ):
@@ -240,6 +252,19 @@ def compress_model(
     n_jobs : int or None, default=None
         Layers are independent joblib jobs; None follows the active
         ``joblib.parallel_config`` (a dask cluster, say), else runs them in turn.
+    statistics_memory : int, optional
+        The most bytes of calibration statistics gathered from ``batches`` to
+        hold at once. None holds every target layer's (one calibration pass:
+        ``8 in^2`` bytes per layer for the inputs, ``8 out^2`` for the output
+        gradients, ``8 out in`` for a Fisher). With a bound, the layers are
+        taken in groups, in the model's order, whose statistics fit it: each
+        group's are gathered by a calibration pass of its own (on the model as
+        it was: the layers are replaced once every group is fitted) and let go
+        once its layers are fitted; a budget spread by the loss
+        (``param_budget`` with a loss) costs one more pass per group first, for
+        the layers' curves. The result is the same as without a bound. For
+        models whose statistics outgrow the device's memory (Llama-3-8B's for
+        "kfac" take about 180 GB). Not with ``sequential``.
     progress : bool, default=True
         Show a progress bar over the layers.
     **params
@@ -280,6 +305,18 @@ def compress_model(
         raise ValueError("Give statistics or importance, not both.")
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}.")
+    if statistics_memory is not None:
+        if not is_positive_int(statistics_memory):
+            raise ValueError(
+                f"statistics_memory must be a positive number of bytes, got {statistics_memory!r}."
+            )
+        if batches is None or statistics is not None or importance is not None:
+            raise ValueError(
+                "statistics_memory bounds the statistics that compress_model gathers from "
+                "batches: give batches, and no statistics or importance."
+            )
+        if sequential:
+            raise ValueError("statistics_memory does not combine with sequential.")
     if not isinstance(sequential, (bool, str)) or sequential not in SEQUENTIAL_MODES:
         raise ValueError(
             f"sequential must be False, True, 'refit' or 'reweight', got {sequential!r}."
@@ -300,21 +337,24 @@ def compress_model(
     elif method == "auto":
         method = _resolve_method(method, statistics, provided=("inputs",) if reusable else ())
     _check_sequential(sequential, method)
+    needs = []
     if statistics is None and batches is not None:
         needs = list(get_method(method).needs or ("inputs",))
         if sequential and param_budget is None:
             # Each block's inputs come from the sequential pass itself: collecting them for
             # every layer up front would only hold memory.
             needs.remove("inputs")
-        if needs:
-            statistics = collect_statistics(
-                model,
-                batches,
-                collect=needs,
-                loss_fn=loss_fn,
-                target_modules=names,
-                progress=progress,
-            )
+
+    def gather(layers):
+        return collect_statistics(
+            model, batches, collect=needs, loss_fn=loss_fn, target_modules=layers, progress=progress
+        )
+
+    memory_groups = None
+    if statistics_memory is not None:
+        memory_groups = _memory_groups(names, shapes, needs, statistics_memory)
+    elif needs:
+        statistics = gather(names)
     if statistics is not None:
         missing = [n for n in names if n not in statistics]
         if missing:
@@ -330,7 +370,8 @@ def compress_model(
                 "statistics do not match the layers' shapes ((out, in) of the statistics, of "
                 f"the layer): {wrong}; were they collected on another model?"
             )
-    method = _resolve_method(method, statistics, provided=("inputs",) if sequential else ())
+    provided = needs if memory_groups else ("inputs",) if sequential else ()
+    method = _resolve_method(method, statistics, provided=provided)
     if solver != "auto" and method != "tfwsvd":
         raise ValueError(f"solver applies to the iterative 'tfwsvd' method only, not {method!r}.")
     if risk_threshold is not None and method != "tfwsvd":
@@ -341,9 +382,24 @@ def compress_model(
     # once its layer is replaced, so that memory falls as the model shrinks.
     weights = {n: dense_weight(model.get_submodule(n)) for n in names}
     damping = {"metric_damping": metric_damping, "output_damping": output_damping}
-    ranks = resolve_ranks(
-        rank, ratio, param_budget, weights, statistics, shapes, min_saving, **damping
-    )
+    kinds = set(needs) if memory_groups else statistics_kinds(statistics)
+    if memory_groups and param_budget is not None:
+        budget = parse_budget(param_budget, shapes)
+        if kinds.isdisjoint(LOSS_KINDS):  # as allocate_ranks does with inputs only
+            ranks = uniform_budget_ranks(shapes, budget, min_saving)
+        else:
+            curves = {}
+            for group in memory_groups:
+                group_stats = gather(group)
+                for n in group:
+                    curves[n] = rank_gains(
+                        weights[n], group_stats.pop(n), metric_damping, output_damping
+                    )
+            ranks = spend_budget(curves, shapes, budget, min_saving)
+    else:
+        ranks = resolve_ranks(
+            rank, ratio, param_budget, weights, statistics, shapes, min_saving, **damping
+        )
     options = dict(params)
     if method == "svd-llm":
         options["metric_damping"] = metric_damping
@@ -358,7 +414,7 @@ def compress_model(
         model = copy.deepcopy(model, memo)
     report = CompressionReport(
         method=method,
-        allocation=allocation_name(rank, ratio, statistics),
+        allocation=allocation_name(rank, ratio, kinds),
         sequential=sequential,
         model_params_before=_count(model),
     )
@@ -369,12 +425,13 @@ def compress_model(
     try:
         if sequential:
             model.eval()
-        groups = stages(model, names) if sequential else [names]
+        groups = stages(model, names) if sequential else memory_groups or [names]
         runner = BlockRunner.create(model, groups, batches, loss_fn) if sequential else None
         # Full passes of the original model need the original layers back: keep them only then.
         swaps = sequential and any(runner is None or runner.block_of(g) is None for g in groups)
         replace = _Replacer(model, modes, keep_originals=swaps)
         stats = statistics or {}
+        pending = []
 
         def inputs(name, paired):
             """The weight and statistics a layer is fitted to (perturbed inputs if sequential)."""
@@ -390,6 +447,8 @@ def compress_model(
             for stage in groups:
                 paired = {}
                 todo = [n for n in stage if plan[n] is not None]
+                if memory_groups and todo:
+                    stats = gather(todo)
                 block = runner.block_of(stage) if runner is not None else None
                 if block is not None:
                     paired = runner.paired_inputs(block, todo) if todo else {}
@@ -422,7 +481,10 @@ def compress_model(
                         errors = _sequential_errors(
                             weights[name], A, B, paired.pop(name), stats.get(name)
                         )
-                    replace(name, A, B)
+                    if memory_groups:  # the next groups calibrate on the model as it was
+                        pending.append((name, A, B))
+                    else:
+                        replace(name, A, B)
                     # streaming: a replaced layer's weight and statistics are let go
                     del weights[name]
                     stats.pop(name, None)
@@ -434,12 +496,30 @@ def compress_model(
                     )
                 if block is not None:
                     runner.advance(block)
+        for name, A, B in pending:
+            replace(name, A, B)
     finally:
         for name, module in model.named_modules():
             module.training = modes.get(name, module.training)
     report.model_params_after = _count(model)
     report.seconds = time.perf_counter() - start
     return model, report
+
+
+def _memory_groups(names, shapes, needs, memory: int) -> list[list[str]]:
+    """Consecutive groups of ``names`` whose statistics of the kinds ``needs`` fit ``memory``
+    bytes (a layer whose own do not is a group of its own)."""
+    groups, size = [], 0
+    for name in names:
+        out, in_ = shapes[name]
+        per_kind = {"inputs": in_ * in_ + in_, "output_gradients": out * out, "fisher": out * in_}
+        nbytes = 8 * sum(per_kind[k] for k in needs)
+        if not groups or size + nbytes > memory:
+            groups.append([])
+            size = 0
+        groups[-1].append(name)
+        size += nbytes
+    return groups
 
 
 class _Replacer:

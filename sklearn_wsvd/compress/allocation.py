@@ -14,6 +14,9 @@ from .._whitening import metric_root
 from .calibration import KINDS, LayerStatistics, statistics_from_importance
 from .methods import DEFAULT_DAMPING, OUTPUT_DAMPING, shrink
 
+# The kinds of statistics that know the loss: with one of them a budget follows it.
+LOSS_KINDS = ("output_gradients", "fisher")
+
 
 def max_saving_rank(m: int, n: int, min_saving: float = 0.0) -> int:
     """Largest rank whose factors, ``k (m + n)`` weights, save ``min_saving`` of the dense ``m n``.
@@ -23,7 +26,7 @@ def max_saving_rank(m: int, n: int, min_saving: float = 0.0) -> int:
     return max(0, math.ceil((1.0 - min_saving) * m * n / (m + n)) - 1)
 
 
-def _curve(weight, stats, damping, output_damping=OUTPUT_DAMPING):
+def rank_gains(weight, stats, damping, output_damping=OUTPUT_DAMPING):
     """Gains of each rank of a layer, in units comparable across layers.
 
     With input and output-gradient statistics, the K-FAC loss estimate (exact for
@@ -102,31 +105,50 @@ def allocate_ranks(
         isinstance(s, LayerStatistics) for s in statistics.values()
     ):
         statistics = statistics_from_importance(statistics, shapes)
+    _check_budget(budget, shapes)
+    if statistics is not None and not any(
+        s.has(kind) for s in statistics.values() for kind in LOSS_KINDS
+    ):
+        # Inputs alone say nothing of how the loss weighs one layer's output error
+        # against another's; spreading by relative output error measured worse than a
+        # uniform fraction (benchmarks/results/exploration-bbc.md), so: uniform.
+        return uniform_budget_ranks(shapes, budget, min_saving)
+    curves = {}
+    for name, W in weights.items():
+        stats = None if statistics is None else statistics.get(name)
+        curves[name] = rank_gains(W, stats, metric_damping, output_damping)
+    return spend_budget(curves, shapes, budget, min_saving)
+
+
+def _check_budget(budget, shapes):
     least = sum(m + n for m, n in shapes.values())
     if budget is None or least > budget:
         raise ValueError(
             f"param_budget={budget} is below {least}, the cost of rank 1 in every target layer."
         )
-    if statistics is not None and not any(
-        s.has(kind) for s in statistics.values() for kind in ("output_gradients", "fisher")
-    ):
-        # Inputs alone say nothing of how the loss weighs one layer's output error
-        # against another's; spreading by relative output error measured worse than a
-        # uniform fraction (benchmarks/results/exploration-bbc.md), so: uniform.
-        total = sum(m * n for m, n in shapes.values())
-        return _uniform_ranks(shapes, budget / total, min_saving)
+
+
+def uniform_budget_ranks(shapes, budget: int, min_saving: float) -> dict[str, int]:
+    """Every layer keeps the same fraction of its weights, ``budget`` in all."""
+    _check_budget(budget, shapes)
+    return _uniform_ranks(shapes, budget / sum(m * n for m, n in shapes.values()), min_saving)
+
+
+def spend_budget(curves, shapes, budget: int, min_saving: float) -> dict[str, int]:
+    """The ranks that buy the largest gains of the layers' ``curves`` for ``budget`` weights.
+
+    ``curves[name][k]`` is what rank ``k + 1`` of the layer gains (:func:`rank_gains`).
+    """
+    _check_budget(budget, shapes)
+    curves = {name: torch.as_tensor(curves[name]).cpu().tolist() for name in shapes}
     gains = []
     ranks = {}
-    curves = {}
-    for name, W in weights.items():
-        m, n = shapes[name]
-        stats = None if statistics is None else statistics.get(name)
-        curve = _curve(W, stats, metric_damping, output_damping)
-        curves[name] = curve = curve.cpu().tolist()
+    for name, (m, n) in shapes.items():
+        curve = curves[name]
         ranks[name] = 1
         top = max(1, max_saving_rank(m, n, min_saving))
         gains.extend((curve[k] / (m + n), name, m + n) for k in range(1, min(top, len(curve))))
-    spent = least
+    spent = sum(m + n for m, n in shapes.values())
     for gain, name, cost in sorted(gains, key=lambda g: -g[0]):
         if gain <= 0:  # ranks that buy nothing (a layer the loss never reaches) are not spent
             break
@@ -149,18 +171,22 @@ def allocate_ranks(
     return ranks
 
 
-def allocation_name(rank, ratio, statistics):
-    """How the ranks were chosen, in words, for the report."""
+def allocation_name(rank, ratio, kinds):
+    """How the ranks were chosen, in words, for the report; ``kinds``: the statistics there."""
     if rank is not None:
         return "given"
     if ratio is not None:
         return "uniform"
-    has = {k for s in (statistics or {}).values() for k in KINDS if s.has(k)}
-    if "output_gradients" in has and "inputs" in has:
+    if "output_gradients" in kinds and "inputs" in kinds:
         return "global (K-FAC loss)"
-    if "fisher" in has:
+    if "fisher" in kinds:
         return "global (Fisher loss)"
-    return "uniform" if "inputs" in has else "global (weight energy)"
+    return "uniform" if "inputs" in kinds else "global (weight energy)"
+
+
+def statistics_kinds(statistics) -> set[str]:
+    """The kinds of statistics that the layers of ``statistics`` have (none for None)."""
+    return {k for s in (statistics or {}).values() for k in KINDS if s.has(k)}
 
 
 def _uniform_ranks(shapes, ratio, min_saving):
@@ -202,18 +228,21 @@ def resolve_ranks(rank, ratio, param_budget, weights, statistics, shapes, min_sa
         return dict.fromkeys(shapes, int(rank))
     if ratio is not None:
         return _uniform_ranks(shapes, ratio, min_saving)
-    total = sum(m * n for m, n in shapes.values())
+    budget = parse_budget(param_budget, shapes)
+    return allocate_ranks(weights, statistics, budget, min_saving=min_saving, **damping)
+
+
+def parse_budget(param_budget, shapes) -> int:
+    """``param_budget`` as a count of weights: a count itself, or a fraction of the layers'."""
     if is_positive_int(param_budget):
-        budget = int(param_budget)
-    elif (
+        return int(param_budget)
+    if (
         isinstance(param_budget, Real)
         and not isinstance(param_budget, bool)
         and 0 < param_budget <= 1
     ):
-        budget = int(param_budget * total)
-    else:
-        raise ValueError(
-            "param_budget must be a count of weights (an int) or a fraction of the target "
-            f"layers' weights (a float in (0, 1]), got {param_budget!r}."
-        )
-    return allocate_ranks(weights, statistics, budget, min_saving=min_saving, **damping)
+        return int(param_budget * sum(m * n for m, n in shapes.values()))
+    raise ValueError(
+        "param_budget must be a count of weights (an int) or a fraction of the target "
+        f"layers' weights (a float in (0, 1]), got {param_budget!r}."
+    )
