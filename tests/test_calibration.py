@@ -57,6 +57,34 @@ def test_inputs_fisher_and_output_gradients_match_a_hand_computation():
     torch.testing.assert_close(F["a"].double(), fisher / 2, rtol=1e-6, atol=1e-9)
 
 
+def test_output_gradients_alone_take_no_weight_gradient_and_match_the_full_pass():
+    """Without a Fisher, the backward pass starts from the first layers' inputs made
+    leaves: no weight requires or gets a gradient, and every statistic is the same."""
+    net = Net()
+    x = torch.randn(6, 3)
+    y = torch.randint(0, 2, (6,))
+    batches = [(x[:3], y[:3]), (x[3:], y[3:])]
+    loss_fn = nn.CrossEntropyLoss()
+    full = collect_statistics(
+        net, batches, collect=("inputs", "fisher", "output_gradients"), loss_fn=loss_fn
+    )
+    seen = []
+    for p in net.parameters():
+        p.register_hook(lambda g: seen.append(g))
+    alone = collect_statistics(
+        net, batches, collect=("inputs", "output_gradients"), loss_fn=loss_fn
+    )
+    assert seen == []  # no weight's gradient was computed
+    assert alone["a"].inputs is alone["b"].inputs  # the shared input is still one matrix
+    for name in "abc":
+        torch.testing.assert_close(
+            alone[name].output_gradient_moment, full[name].output_gradient_moment
+        )
+        torch.testing.assert_close(alone[name].input_second_moment, full[name].input_second_moment)
+        assert alone[name].n_losses == 2
+    assert all(p.requires_grad and p.grad is None for p in net.parameters())
+
+
 def test_padding_tokens_are_left_out():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)

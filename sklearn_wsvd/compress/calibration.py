@@ -289,7 +289,8 @@ def collect_statistics(
     Sums are float64. Dropout is off during the pass; the model's training mode,
     ``requires_grad`` flags and existing gradients are restored, and the hooks
     removed, even when a batch fails. Memory: the statistics themselves, plus one
-    batch's activations.
+    batch's activations (and, for a Fisher, the targeted weights' gradients: without
+    one, the backward pass computes no weight's gradient).
 
     Parameters
     ----------
@@ -339,24 +340,39 @@ def collect_statistics(
     modules = dict(model.named_modules())
     stats = {name: LayerStatistics(linear_shape(modules[name])) for name in names}
     params = [modules[name].weight for name in names]
-    device = params[0].device
+    # Each layer's statistics live where its weight does (a model split over devices).
+    devices = {name: modules[name].weight.device for name in names}
     if "fisher" in collect:
         for name in names:
             stats[name].fisher_sum = torch.zeros(
-                stats[name].shape, dtype=torch.float64, device=device
+                stats[name].shape, dtype=torch.float64, device=devices[name]
             )
     if "output_gradients" in collect:
         for name in names:
             out = stats[name].shape[0]
             stats[name].output_gradient_gram = torch.zeros(
-                (out, out), dtype=torch.float64, device=device
+                (out, out), dtype=torch.float64, device=devices[name]
             )
-    state = {"mask": None, "seen": {}}
+    # Without a Fisher no weight's gradient is needed, only the outputs': no weight then
+    # requires one, and the inputs of the first layers the data reach become leaves that
+    # do (one per input tensor, shared by the layers that read it), from which the
+    # backward pass reaches every later layer's output, computing no weight gradient.
+    leaves_only = needs_loss and "fisher" not in collect
+    state = {"mask": None, "seen": {}, "leaves": {}}
     reached = set()
+
+    def as_leaf(module, args):
+        x = args[0] if args else None
+        if not (isinstance(x, torch.Tensor) and x.is_floating_point()) or x.grad_fn is not None:
+            return None  # not data, or downstream of a leaf already
+        if id(x) not in state["leaves"]:
+            state["leaves"][id(x)] = (x, x.detach().requires_grad_(True))  # x kept: ids unique
+        return (state["leaves"][id(x)][1], *args[1:])
 
     def observe(name):
         st = stats[name]
         out_features, in_features = st.shape
+        device = devices[name]
 
         def hook(module, args, output):
             mask = state["mask"]
@@ -385,6 +401,8 @@ def collect_statistics(
     flags = {p: p.requires_grad for p in model.parameters()}
     saved_grads = {p: p.grad for p in model.parameters()}
     handles = [modules[name].register_forward_hook(observe(name)) for name in names]
+    if leaves_only:
+        handles += [modules[name].register_forward_pre_hook(as_leaf) for name in names]
     n_batches = 0
     try:
         model.eval()
@@ -392,12 +410,12 @@ def collect_statistics(
             for p in model.parameters():
                 p.requires_grad_(False)
                 p.grad = None
-            for p in params:
+            for p in [] if leaves_only else params:
                 p.requires_grad_(True)
         for batch in tqdm(batches, desc="calibrate", disable=not progress, leave=False):
             n_batches += 1
             for sample in _split(batch) if per_sample and needs_loss else (batch,):
-                state.update(mask=_token_mask(sample), seen={})
+                state.update(mask=_token_mask(sample), seen={}, leaves={})
                 if not needs_loss:
                     with torch.no_grad():
                         _forward(model, sample, loss_fn)
@@ -405,6 +423,12 @@ def collect_statistics(
                 if loss_fn is None:
                     sample = with_text_labels(model, sample)
                 loss = _checked_loss(_forward(model, sample, loss_fn))
+                if leaves_only:  # the outputs' hooks take their gradients on the way
+                    leaves = [leaf for _, leaf in state["leaves"].values()]
+                    torch.autograd.grad(loss, leaves, allow_unused=True)
+                    for name in names:
+                        stats[name].n_losses += 1
+                    continue
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
                 for name, g in zip(names, grads, strict=True):
                     st = stats[name]
@@ -418,7 +442,7 @@ def collect_statistics(
     finally:
         for handle in handles:
             handle.remove()
-        state.update(seen={}, mask=None)
+        state.update(seen={}, mask=None, leaves={})
         model.train(was_training)
         for p, flag in flags.items():
             p.requires_grad_(flag)
