@@ -11,7 +11,8 @@ a layer's working set. Cases:
   a calibration pass over 8 BBC articles of 256 tokens (compress_model collects the
   statistics itself: they are part of the peak, each let go once its layer is replaced);
   the default (K-FAC, a budget of a quarter spread by its loss estimate) on the same
-  text, with every layer's statistics at once and with ``statistics_memory`` bounding
+  text, with every layer's statistics at once (the default, ``statistics_memory="auto"``,
+  allows half the available memory: they fit) and with ``statistics_memory`` bounding
   them to 256 MiB (layers in groups, two calibration passes per group).
 - A Llama model of 1.1 B parameters (TinyLlama's configuration: hidden size 2048,
   22 blocks) built from its config with random float32 weights: plain SVD to a quarter,

@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="GIB",
         type=_gibibytes,
         help="most GiB of calibration statistics held at once: layers in groups that fit, "
-        "each group calibrated by passes of its own; default: all at once",
+        "each group calibrated by passes of its own; default: half the device's free memory",
     )
 
     run = p.add_argument_group("running and output")

@@ -565,7 +565,7 @@ def compress(args) -> int:
         solver=args.solver,
         inplace=True,
         n_jobs=args.n_jobs,
-        statistics_memory=args.statistics_memory,
+        statistics_memory=args.statistics_memory or "auto",
         progress=True,
     )
     evaluation = None

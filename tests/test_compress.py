@@ -778,6 +778,30 @@ def test_bounded_statistics_memory_gives_the_same_model_in_groups(
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_statistics_memory_auto_bounds_by_half_the_free_memory(monkeypatch):
+    from sklearn_wsvd.compress import _compress
+
+    model, data = tiny_gpt2(), [{"input_ids": b["input_ids"]} for b in token_batches()]
+    passes = []
+    gather = _compress.collect_statistics
+
+    def spy(model, batches, *, collect, target_modules, **kw):
+        passes.append(list(target_modules))
+        return gather(model, batches, collect=collect, target_modules=target_modules, **kw)
+
+    monkeypatch.setattr(_compress, "collect_statistics", spy)
+    for free, grouped in [(None, False), (10**12, False), (2 * 10**5, True)]:
+        monkeypatch.setattr(_compress, "_available_memory", lambda device, free=free: free)
+        passes.clear()
+        compress_model(model, param_budget=0.5, batches=data, progress=False)
+        if grouped:  # curves, then fits: two passes a group, each within 10**5 bytes
+            assert len(passes) > 2 and len(passes) % 2 == 0
+        else:  # everything in one pass
+            assert len(passes) == 1
+    with pytest.raises(ValueError, match="'auto' or None"):
+        compress_model(model, ratio=0.5, batches=data, statistics_memory="all")
+
+
 def test_bounded_statistics_memory_needs_batches_and_no_sequential_pass():
     model, data = tiny_bert(), token_batches()
     for kwargs, match in [

@@ -156,7 +156,7 @@ def compress_model(
     risk_threshold: float | None = None,
     inplace: bool = False,
     n_jobs: int | None = None,
-    statistics_memory: int | None = None,
+    statistics_memory: int | str | None = "auto",
     progress: bool = True,
     **params,
 ):
@@ -252,19 +252,22 @@ def compress_model(
     n_jobs : int or None, default=None
         Layers are independent joblib jobs; None follows the active
         ``joblib.parallel_config`` (a dask cluster, say), else runs them in turn.
-    statistics_memory : int, optional
+    statistics_memory : int, "auto" or None, default="auto"
         The most bytes of calibration statistics gathered from ``batches`` to
-        hold at once. None holds every target layer's (one calibration pass:
-        ``8 in^2`` bytes per layer for the inputs, ``8 out^2`` for the output
-        gradients, ``8 out in`` for a Fisher). With a bound, the layers are
-        taken in groups, in the model's order, whose statistics fit it: each
-        group's are gathered by a calibration pass of its own (on the model as
-        it was: the layers are replaced once every group is fitted) and let go
-        once its layers are fitted; a budget spread by the loss
-        (``param_budget`` with a loss) costs one more pass per group first, for
-        the layers' curves. The result is the same as without a bound. For
-        models whose statistics outgrow the device's memory (Llama-3-8B's for
-        "kfac" take about 180 GB). Not with ``sequential``.
+        hold at once (``8 in^2`` bytes per layer for the inputs, ``8 out^2``
+        for the output gradients, ``8 out in`` for a Fisher; float64, on the
+        layers' device). Where every target layer's fit, they are gathered in
+        one calibration pass. Where they do not, the layers are taken in
+        groups, in the model's order, whose statistics fit: each group's are
+        gathered by a calibration pass of its own (on the model as it was: the
+        layers are replaced once every group is fitted) and let go once its
+        layers are fitted; a budget spread by the loss (``param_budget`` with a
+        loss) costs one more pass per group first, for the layers' curves. The
+        result is the same either way. "auto": half the memory available on
+        the device of the first target layer when the pass starts (CUDA's free
+        memory, or the system's available memory on CPU; no bound where
+        neither is known). None: no bound. Llama-3-8B's statistics for "kfac"
+        take about 180 GB. Not with ``sequential`` (where "auto" means None).
     progress : bool, default=True
         Show a progress bar over the layers.
     **params
@@ -305,10 +308,14 @@ def compress_model(
         raise ValueError("Give statistics or importance, not both.")
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}.")
-    if statistics_memory is not None:
+    if statistics_memory == "auto":  # a bound only where compress_model gathers statistics
+        gathers = batches is not None and statistics is None and importance is None
+        statistics_memory = "auto" if gathers and not sequential else None
+    elif statistics_memory is not None:
         if not is_positive_int(statistics_memory):
             raise ValueError(
-                f"statistics_memory must be a positive number of bytes, got {statistics_memory!r}."
+                "statistics_memory must be a positive number of bytes, 'auto' or None, got "
+                f"{statistics_memory!r}."
             )
         if batches is None or statistics is not None or importance is not None:
             raise ValueError(
@@ -351,9 +358,14 @@ def compress_model(
         )
 
     memory_groups = None
-    if statistics_memory is not None:
+    if statistics_memory == "auto":
+        statistics_memory = _available_memory(model.get_submodule(names[0]).weight.device)
+        statistics_memory = None if statistics_memory is None else statistics_memory // 2
+    if statistics_memory is not None and needs:
         memory_groups = _memory_groups(names, shapes, needs, statistics_memory)
-    elif needs:
+        if len(memory_groups) == 1:  # all at once, in one pass
+            memory_groups = None
+    if needs and memory_groups is None:
         statistics = gather(names)
     if statistics is not None:
         missing = [n for n in names if n not in statistics]
@@ -504,6 +516,22 @@ def compress_model(
     report.model_params_after = _count(model)
     report.seconds = time.perf_counter() - start
     return model, report
+
+
+def _available_memory(device) -> int | None:
+    """Bytes free for allocation on ``device`` now (CUDA's free memory, the system's
+    available memory on CPU), or None where that is not known."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
 
 
 def _memory_groups(names, shapes, needs, memory: int) -> list[list[str]]:
