@@ -727,6 +727,21 @@ def test_a_causal_lms_text_is_its_own_labels():
     assert report.method == "svd-llm"
 
 
+def calibration_passes(monkeypatch):
+    """The layers of every calibration pass compress_model makes from now on, in order."""
+    from sklearn_wsvd.compress import _compress
+
+    passes = []
+    gather = _compress.collect_statistics
+
+    def spy(model, batches, *, collect, target_modules, **kw):
+        passes.append(list(target_modules))
+        return gather(model, batches, collect=collect, target_modules=target_modules, **kw)
+
+    monkeypatch.setattr(_compress, "collect_statistics", spy)
+    return passes
+
+
 @pytest.mark.parametrize(
     "build, batches, size",
     [
@@ -741,21 +756,12 @@ def test_bounded_statistics_memory_gives_the_same_model_in_groups(
     """statistics_memory fits the layers group by group, each group's statistics from a
     calibration pass of its own that holds no more than the bound (or one layer's), and
     gives the very model that one pass over all of them gives."""
-    from sklearn_wsvd.compress import _compress
-
     model = build()
     data = token_batches()
     if batches != "labelled":
         data = [{"input_ids": b["input_ids"]} for b in data]
     one_pass, report = compress_model(model, batches=data, progress=False, **size)
-    passes = []
-    gather = _compress.collect_statistics
-
-    def spy(model, batches, *, collect, target_modules, **kw):
-        passes.append(list(target_modules))
-        return gather(model, batches, collect=collect, target_modules=target_modules, **kw)
-
-    monkeypatch.setattr(_compress, "collect_statistics", spy)
+    passes = calibration_passes(monkeypatch)
     shapes = {r.name: r.shape for r in report.layers}
     per_layer = {  # the bytes of one layer's statistics, as the bound counts them
         n: 8 * (n_in * n_in + n_in + (m * m if report.method == "kfac" else 0))
@@ -782,14 +788,7 @@ def test_statistics_memory_auto_bounds_by_half_the_free_memory(monkeypatch):
     from sklearn_wsvd.compress import _compress
 
     model, data = tiny_gpt2(), [{"input_ids": b["input_ids"]} for b in token_batches()]
-    passes = []
-    gather = _compress.collect_statistics
-
-    def spy(model, batches, *, collect, target_modules, **kw):
-        passes.append(list(target_modules))
-        return gather(model, batches, collect=collect, target_modules=target_modules, **kw)
-
-    monkeypatch.setattr(_compress, "collect_statistics", spy)
+    passes = calibration_passes(monkeypatch)
     for free, grouped in [(None, False), (10**12, False), (2 * 10**5, True)]:
         monkeypatch.setattr(_compress, "_available_memory", lambda device, free=free: free)
         passes.clear()
