@@ -814,3 +814,28 @@ def test_bounded_statistics_memory_needs_batches_and_no_sequential_pass():
     stats = collect_statistics(model, data)
     with pytest.raises(ValueError, match="no statistics"):
         compress_model(model, ratio=0.5, statistics=stats, batches=data, statistics_memory=10**9)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+def test_the_default_workflow_on_cuda_agrees_with_the_cpu():
+    """Text calibration, K-FAC under a budget, statistics in groups (a tiny bound), on the
+    GPU: the layers stay there and the model agrees with the one compressed on the CPU."""
+    text = [{"input_ids": b["input_ids"]} for b in token_batches()]
+    on_cpu, cpu_report = compress_model(tiny_gpt2(), param_budget=0.5, batches=text, progress=False)
+    on_gpu, report = compress_model(
+        tiny_gpt2().cuda(),
+        param_budget=0.5,
+        batches=[{"input_ids": b["input_ids"].cuda()} for b in text],
+        statistics_memory=10**5,
+        progress=False,
+    )
+    assert report.method == "kfac"
+    assert all(p.is_cuda for p in on_gpu.parameters())
+    kept = sum(r.params_after for r in report.layers)
+    assert abs(kept - sum(r.params_after for r in cpu_report.layers)) <= 0.02 * kept
+    ids = text[0]["input_ids"]
+    with torch.no_grad():
+        expected = on_cpu(input_ids=ids).logits
+        torch.testing.assert_close(
+            on_gpu(input_ids=ids.cuda()).logits.cpu(), expected, rtol=1e-2, atol=1e-2
+        )
