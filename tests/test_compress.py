@@ -1,5 +1,7 @@
 """Compression of real architectures built from configs, and of plain MLPs."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -792,11 +794,20 @@ def test_statistics_memory_auto_bounds_by_half_the_free_memory(monkeypatch):
     for free, grouped in [(None, False), (10**12, False), (2 * 10**5, True)]:
         monkeypatch.setattr(_compress, "_available_memory", lambda device, free=free: free)
         passes.clear()
-        compress_model(model, param_budget=0.5, batches=data, progress=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            compress_model(model, param_budget=0.5, batches=data, progress=False)
+        said = [str(w.message) for w in caught if "calibration passes" in str(w.message)]
         if grouped:  # curves, then fits: two passes a group, each within 10**5 bytes
             assert len(passes) > 2 and len(passes) % 2 == 0
+            assert said == [
+                f"The calibration statistics of the 8 target layers outgrow half the free "
+                f"memory ({10**5 / 2**30:.3g} GiB): they are gathered in {len(passes) // 2} "
+                f"groups of layers, by up to {len(passes)} calibration passes. Set "
+                "statistics_memory to choose the bound."
+            ]
         else:  # everything in one pass
-            assert len(passes) == 1
+            assert len(passes) == 1 and said == []
     with pytest.raises(ValueError, match="'auto' or None"):
         compress_model(model, ratio=0.5, batches=data, statistics_memory="all")
 

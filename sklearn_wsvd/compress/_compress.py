@@ -358,13 +358,24 @@ def compress_model(
         )
 
     memory_groups = None
-    if statistics_memory == "auto":
+    auto = statistics_memory == "auto"
+    if auto:
         statistics_memory = _available_memory(model.get_submodule(names[0]).weight.device)
         statistics_memory = None if statistics_memory is None else statistics_memory // 2
     if statistics_memory is not None and needs:
         memory_groups = _memory_groups(names, shapes, needs, statistics_memory)
         if len(memory_groups) == 1:  # all at once, in one pass
             memory_groups = None
+        elif auto:
+            passes = len(memory_groups) * (2 if param_budget is not None else 1)
+            warnings.warn(
+                f"The calibration statistics of the {len(names)} target layers outgrow half "
+                f"the free memory ({statistics_memory / 2**30:.3g} GiB): they are gathered in "
+                f"{len(memory_groups)} groups of layers, by up to {passes} calibration passes. "
+                "Set statistics_memory to choose the bound.",
+                UserWarning,
+                stacklevel=2,
+            )
     if needs and memory_groups is None:
         statistics = gather(names)
     if statistics is not None:
