@@ -810,6 +810,11 @@ def test_statistics_memory_auto_bounds_by_half_the_free_memory(monkeypatch):
             assert len(passes) == 1 and said == []
     with pytest.raises(ValueError, match="'auto' or None"):
         compress_model(model, ratio=0.5, batches=data, statistics_memory="all")
+    # Sequential fitting holds every layer's statistics: it warns where they outgrow the bound.
+    passes.clear()
+    with pytest.warns(UserWarning, match="sequential fitting holds them all"):
+        compress_model(model, param_budget=0.5, batches=data, sequential=True, progress=False)
+    assert len(passes) == 1
 
 
 def test_bounded_statistics_memory_needs_batches_and_no_sequential_pass():

@@ -267,7 +267,8 @@ def compress_model(
         the device of the first target layer when the pass starts (CUDA's free
         memory, or the system's available memory on CPU; no bound where
         neither is known). None: no bound. Llama-3-8B's statistics for "kfac"
-        take about 180 GB. Not with ``sequential`` (where "auto" means None).
+        take about 180 GB. Not with ``sequential``, which holds every layer's
+        statistics ("auto" then only warns where they outgrow half the free memory).
     progress : bool, default=True
         Show a progress bar over the layers.
     **params
@@ -308,8 +309,10 @@ def compress_model(
         raise ValueError("Give statistics or importance, not both.")
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}.")
+    unbounded_sequential = False
     if statistics_memory == "auto":  # a bound only where compress_model gathers statistics
         gathers = batches is not None and statistics is None and importance is None
+        unbounded_sequential = gathers and bool(sequential)
         statistics_memory = "auto" if gathers and not sequential else None
     elif statistics_memory is not None:
         if not is_positive_int(statistics_memory):
@@ -358,6 +361,18 @@ def compress_model(
         )
 
     memory_groups = None
+    if unbounded_sequential and needs:
+        free = _available_memory(model.get_submodule(names[0]).weight.device)
+        total = sum(_statistics_bytes(shapes[n], needs) for n in names)
+        if free is not None and total > free // 2:
+            warnings.warn(
+                f"The calibration statistics of the {len(names)} target layers take "
+                f"{total / 2**30:.3g} GiB, more than half the free memory "
+                f"({free / 2**30:.3g} GiB), and sequential fitting holds them all: it may run "
+                "out of memory. Without sequential, statistics_memory bounds them.",
+                UserWarning,
+                stacklevel=2,
+            )
     auto = statistics_memory == "auto"
     if auto:
         statistics_memory = _available_memory(model.get_submodule(names[0]).weight.device)
@@ -545,14 +560,20 @@ def _available_memory(device) -> int | None:
     return None
 
 
+def _statistics_bytes(shape, needs) -> int:
+    """Bytes of one layer's statistics of the kinds ``needs`` (float64; shared inputs
+    counted for every layer that reads them)."""
+    out, in_ = shape
+    per_kind = {"inputs": in_ * in_ + in_, "output_gradients": out * out, "fisher": out * in_}
+    return 8 * sum(per_kind[k] for k in needs)
+
+
 def _memory_groups(names, shapes, needs, memory: int) -> list[list[str]]:
     """Consecutive groups of ``names`` whose statistics of the kinds ``needs`` fit ``memory``
     bytes (a layer whose own do not is a group of its own)."""
     groups, size = [], 0
     for name in names:
-        out, in_ = shapes[name]
-        per_kind = {"inputs": in_ * in_ + in_, "output_gradients": out * out, "fisher": out * in_}
-        nbytes = 8 * sum(per_kind[k] for k in needs)
+        nbytes = _statistics_bytes(shapes[name], needs)
         if not groups or size + nbytes > memory:
             groups.append([])
             size = 0
