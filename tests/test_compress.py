@@ -803,7 +803,7 @@ def test_statistics_memory_auto_bounds_by_half_the_free_memory(monkeypatch):
             assert said == [
                 f"The calibration statistics of the 8 target layers outgrow half the free "
                 f"memory ({10**5 / 2**30:.3g} GiB): they are gathered in {len(passes) // 2} "
-                f"groups of layers, by up to {len(passes)} calibration passes. Set "
+                f"groups of layers, by {len(passes)} calibration passes. Set "
                 "statistics_memory to choose the bound."
             ]
         else:  # everything in one pass

@@ -309,11 +309,9 @@ def compress_model(
         raise ValueError("Give statistics or importance, not both.")
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}.")
-    unbounded_sequential = False
     if statistics_memory == "auto":  # a bound only where compress_model gathers statistics
-        gathers = batches is not None and statistics is None and importance is None
-        unbounded_sequential = gathers and bool(sequential)
-        statistics_memory = "auto" if gathers and not sequential else None
+        if batches is None or statistics is not None or importance is not None:
+            statistics_memory = None
     elif statistics_memory is not None:
         if not is_positive_int(statistics_memory):
             raise ValueError(
@@ -361,32 +359,35 @@ def compress_model(
         )
 
     memory_groups = None
-    if unbounded_sequential and needs:
-        free = _available_memory(model.get_submodule(names[0]).weight.device)
+    # A budget spread by the loss reads every layer's curve first: a pass more per group.
+    curves_first = param_budget is not None and not set(needs).isdisjoint(LOSS_KINDS)
+    auto = statistics_memory == "auto"
+    if auto:
+        free = _available_memory(model.get_submodule(names[0]).weight.device) if needs else None
+        statistics_memory = None if free is None else free // 2
+    if sequential and statistics_memory is not None:  # only "auto" gets here
         total = sum(_statistics_bytes(shapes[n], needs) for n in names)
-        if free is not None and total > free // 2:
+        if total > statistics_memory:
             warnings.warn(
                 f"The calibration statistics of the {len(names)} target layers take "
                 f"{total / 2**30:.3g} GiB, more than half the free memory "
-                f"({free / 2**30:.3g} GiB), and sequential fitting holds them all: it may run "
-                "out of memory. Without sequential, statistics_memory bounds them.",
+                f"({2 * statistics_memory / 2**30:.3g} GiB), and sequential fitting holds them "
+                "all: it may run out of memory. Without sequential, statistics_memory bounds "
+                "them.",
                 UserWarning,
                 stacklevel=2,
             )
-    auto = statistics_memory == "auto"
-    if auto:
-        statistics_memory = _available_memory(model.get_submodule(names[0]).weight.device)
-        statistics_memory = None if statistics_memory is None else statistics_memory // 2
-    if statistics_memory is not None and needs:
+        statistics_memory = None
+    if statistics_memory is not None:
         memory_groups = _memory_groups(names, shapes, needs, statistics_memory)
         if len(memory_groups) == 1:  # all at once, in one pass
             memory_groups = None
         elif auto:
-            passes = len(memory_groups) * (2 if param_budget is not None else 1)
+            passes = len(memory_groups) * (2 if curves_first else 1)
             warnings.warn(
                 f"The calibration statistics of the {len(names)} target layers outgrow half "
                 f"the free memory ({statistics_memory / 2**30:.3g} GiB): they are gathered in "
-                f"{len(memory_groups)} groups of layers, by up to {passes} calibration passes. "
+                f"{len(memory_groups)} groups of layers, by {passes} calibration passes. "
                 "Set statistics_memory to choose the bound.",
                 UserWarning,
                 stacklevel=2,
@@ -423,7 +424,7 @@ def compress_model(
     kinds = set(needs) if memory_groups else statistics_kinds(statistics)
     if memory_groups and param_budget is not None:
         budget = parse_budget(param_budget, shapes)
-        if kinds.isdisjoint(LOSS_KINDS):  # as allocate_ranks does with inputs only
+        if not curves_first:  # as allocate_ranks does with inputs only
             ranks = uniform_budget_ranks(shapes, budget, min_saving)
         else:
             curves = {}
