@@ -832,6 +832,13 @@ def test_bounded_statistics_memory_needs_batches_and_no_sequential_pass():
         compress_model(model, ratio=0.5, statistics=stats, batches=data, statistics_memory=10**9)
 
 
+def test_a_budget_too_small_fails_before_any_calibration_pass_in_groups(monkeypatch):
+    passes = calibration_passes(monkeypatch)
+    with pytest.raises(ValueError, match="param_budget=10 is below"):
+        compress_model(tiny_bert(), param_budget=10, batches=token_batches(), statistics_memory=1)
+    assert passes == []
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
 def test_the_default_workflow_on_cuda_agrees_with_the_cpu():
     """Text calibration, K-FAC under a budget, statistics in groups (a tiny bound), on the

@@ -129,17 +129,16 @@ def _check_budget(budget, shapes):
 
 
 def uniform_budget_ranks(shapes, budget: int, min_saving: float) -> dict[str, int]:
-    """Every layer keeps the same fraction of its weights, ``budget`` in all."""
-    _check_budget(budget, shapes)
+    """Every layer keeps the same fraction of its weights, ``budget`` in all (checked)."""
     return _uniform_ranks(shapes, budget / sum(m * n for m, n in shapes.values()), min_saving)
 
 
 def spend_budget(curves, shapes, budget: int, min_saving: float) -> dict[str, int]:
     """The ranks that buy the largest gains of the layers' ``curves`` for ``budget`` weights.
 
-    ``curves[name][k]`` is what rank ``k + 1`` of the layer gains (:func:`rank_gains`).
+    ``curves[name][k]`` is what rank ``k + 1`` of the layer gains (:func:`rank_gains`);
+    ``budget`` is checked (:func:`parse_budget`).
     """
-    _check_budget(budget, shapes)
     curves = {name: torch.as_tensor(curves[name]).cpu().tolist() for name in shapes}
     gains = []
     ranks = {}
@@ -233,16 +232,20 @@ def resolve_ranks(rank, ratio, param_budget, weights, statistics, shapes, min_sa
 
 
 def parse_budget(param_budget, shapes) -> int:
-    """``param_budget`` as a count of weights: a count itself, or a fraction of the layers'."""
+    """``param_budget`` as a count of weights (a count itself, or a fraction of the layers'),
+    checked to pay for rank 1 in every layer."""
     if is_positive_int(param_budget):
-        return int(param_budget)
-    if (
+        budget = int(param_budget)
+    elif (
         isinstance(param_budget, Real)
         and not isinstance(param_budget, bool)
         and 0 < param_budget <= 1
     ):
-        return int(param_budget * sum(m * n for m, n in shapes.values()))
-    raise ValueError(
-        "param_budget must be a count of weights (an int) or a fraction of the target "
-        f"layers' weights (a float in (0, 1]), got {param_budget!r}."
-    )
+        budget = int(param_budget * sum(m * n for m, n in shapes.values()))
+    else:
+        raise ValueError(
+            "param_budget must be a count of weights (an int) or a fraction of the target "
+            f"layers' weights (a float in (0, 1]), got {param_budget!r}."
+        )
+    _check_budget(budget, shapes)
+    return budget
