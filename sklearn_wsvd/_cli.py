@@ -148,6 +148,8 @@ def _check_rest(args, plan) -> _Plan:
 def _task(requested, config, source) -> str:
     from transformers.models.auto import modeling_auto as auto
 
+    from .compress.calibration import is_causal_lm_class
+
     def names(mapping):
         out = set()
         for value in mapping.values():
@@ -157,10 +159,7 @@ def _task(requested, config, source) -> str:
     architectures = config.get("architectures") or []
     if not (isinstance(architectures, list) and all(isinstance(a, str) for a in architectures)):
         raise UsageError(f"{source}: architectures must be a list of names, got {architectures!r}")
-    causal = any(
-        a in names(auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) or a.endswith("ForCausalLM")
-        for a in architectures
-    )
+    causal = any(is_causal_lm_class(a) for a in architectures)
     classifier = any(
         a in names(auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
         or a.endswith("ForSequenceClassification")

@@ -197,21 +197,26 @@ def _forward(model, batch, loss_fn):
     return getattr(out, "loss", None)
 
 
+def is_causal_lm_class(name: str) -> bool:
+    """Whether ``name`` is a transformers causal language model class (``*ForCausalLM``,
+    or one that ``AutoModelForCausalLM`` builds, such as ``GPT2LMHeadModel``)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return name.endswith("ForCausalLM") or any(
+        name == value or (isinstance(value, tuple) and name in value)
+        for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+    )
+
+
 def is_causal_lm(model) -> bool:
-    """Whether ``model`` is a transformers causal language model (``*ForCausalLM``).
+    """Whether ``model`` is a transformers causal language model.
 
     Its text is its own labels: the loss is the next-token loss of the batch.
     """
     transformers = sys.modules.get("transformers")  # a transformers model has imported it
     if transformers is None or not isinstance(model, transformers.PreTrainedModel):
         return False
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    name = type(model).__name__
-    return name.endswith("ForCausalLM") or any(
-        name == value or (isinstance(value, tuple) and name in value)
-        for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
-    )
+    return is_causal_lm_class(type(model).__name__)
 
 
 def with_text_labels(model, batch):
