@@ -188,6 +188,20 @@ def test_target_matching_as_peft_does_it():
     assert "lm_head" in find_targets(gpt, include_output_head=True)
 
 
+def test_multihead_attention_keeps_its_output_projection():
+    # nn.MultiheadAttention's forward reads out_proj.weight and .bias itself: a
+    # low-rank layer there would fail at the first forward (SigLIP's pooling head).
+    torch.manual_seed(0)
+    model = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True).eval()
+    assert find_targets(model) == ["linear1", "linear2"]
+    x = torch.randn(3, 5, 16)
+    small, _ = compress_model(model, rank=4, batches=[(x,)], method="svd-llm", progress=False)
+    assert isinstance(small.linear1, LowRankLinear)
+    assert type(small.self_attn.out_proj) is type(model.self_attn.out_proj)
+    with torch.no_grad():
+        assert torch.isfinite(small(x)).all()
+
+
 # compress_model ----------------------------------------------------------------
 
 

@@ -636,6 +636,104 @@ def test_merged_gpt2_gets_its_conv1d_back_and_saves_as_a_plain_checkpoint(tmp_pa
         )
 
 
+def tiny_vit():
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        image_size=16, patch_size=8, num_labels=3,
+    )  # fmt: skip
+    return transformers.ViTForImageClassification(config).eval()
+
+
+def tiny_nomic_bert():
+    torch.manual_seed(0)
+    config = transformers.NomicBertConfig(
+        vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4,
+    )  # fmt: skip
+    return transformers.NomicBertModel(config).eval()
+
+
+def _vit_inputs():
+    return {"pixel_values": torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))}
+
+
+# transformers 5 renames ViT's weights between its modules and its checkpoints
+# (vit.layers.0.attention.k_proj: vit.encoder.layer.0.attention.attention.key) and
+# fuses NomicBERT's query, key and value projections into one tensor (attn.Wqkv).
+_CONVERTED = {
+    "ViT": (tiny_vit, _vit_inputs, "logits"),
+    "NomicBert": (tiny_nomic_bert, lambda: {"input_ids": ids()}, "last_hidden_state"),
+}
+
+
+@pytest.mark.parametrize("name", _CONVERTED)
+def test_architectures_whose_checkpoints_transformers_converts_round_trip(tmp_path, name):
+    from sklearn_wsvd.compress import compress_model
+
+    if not hasattr(transformers, f"{name}Config"):
+        pytest.skip(f"this transformers has no {name}")
+    build, inputs, output = _CONVERTED[name]
+    model = build()
+    # rank 1 for the query only: the fused projection of queries, keys and values is
+    # not split back into three equal parts
+    ranks = {n: 1 if n.endswith(("q_proj", "query")) else 4 for n in _linear_names(model)}
+    small, _ = compress_model(
+        model, rank=ranks, method="svd", exclude_modules=["classifier"], progress=False
+    )
+    save_compressed(small, tmp_path)
+    with torch.no_grad():
+        expected = getattr(small(**inputs()), output)
+        for loaded in (type(model).from_pretrained(tmp_path).eval(), load_compressed(tmp_path)):
+            assert sum(isinstance(m, LowRankLinear) for m in loaded.modules()) == len(ranks)
+            torch.testing.assert_close(
+                getattr(loaded(**inputs()), output), expected, rtol=0, atol=0
+            )
+
+
+def _linear_names(model):
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "classifier"]
+
+
+def test_a_vit_checkpoint_under_its_original_names_loads(tmp_path):
+    # What transformers' own save_pretrained writes (and a SentenceTransformer's save,
+    # before save_compressed had it keep the module names): ViT's original names.
+    from safetensors.torch import load_file, save_file
+    from transformers.core_model_loading import revert_weight_conversion
+
+    small = factorise_(tiny_vit(), _linear_names(tiny_vit()), 3)
+    save_compressed(small, tmp_path)
+    tensors = load_file(tmp_path / WEIGHTS)
+    original = revert_weight_conversion(small, tensors)
+    assert "vit.encoder.layer.0.attention.attention.key.in_proj.weight" in original
+    save_file(original, tmp_path / WEIGHTS, metadata={"format": "pt"})
+    with torch.no_grad():
+        expected = small(**_vit_inputs()).logits
+        for loaded in (
+            transformers.ViTForImageClassification.from_pretrained(tmp_path).eval(),
+            load_compressed(tmp_path),
+        ):
+            torch.testing.assert_close(loaded(**_vit_inputs()).logits, expected, rtol=0, atol=0)
+
+
+def test_a_save_that_would_fuse_factors_is_refused(tmp_path, monkeypatch):
+    # A transformers whose save_pretrained always converts to the original format
+    # would concatenate the factors of NomicBERT's queries, keys and values.
+    if not hasattr(transformers, "NomicBertConfig"):
+        pytest.skip("this transformers has no NomicBert")
+    model = tiny_nomic_bert()
+    small = factorise_(model, _linear_names(model), 2)
+    save = transformers.NomicBertModel.save_pretrained
+    monkeypatch.setattr(
+        transformers.NomicBertModel,
+        "save_pretrained",
+        lambda self, path, **kw: save(self, path, **{**kw, "save_original_format": True}),
+    )
+    with pytest.raises(ValueError, match=r"fused or split.*'layers.0.self_attn.k_proj'"):
+        save_compressed(small, tmp_path)
+    assert not (tmp_path / WEIGHTS).exists()
+
+
 def test_t5_runs_compressed_and_reloads():
     # T5's feed-forward reads wo.weight.dtype in its forward: a LowRankLinear offers
     # the dense weight, computed from its factors.

@@ -87,7 +87,7 @@ class LowRankQuantizer(HfQuantizer):
         weights = Path(checkpoint_files[0])
         source = weights.parent / "config.json"
         saved = check_quantization_config(self.quantization_config.to_dict(), source)
-        header = read_header(weights)
+        header, _, _ = in_model_names(model, read_header(weights))  # converted: not ours
         names = _as_model_names(model, saved, header)
         layers = {name: saved[names[name]] for name in names}
         found = check_model(model, layers, source)
@@ -116,7 +116,7 @@ class LowRankQuantizer(HfQuantizer):
             # transformers initialises every module after loading, and many architectures
             # read a child's weight by name there (GPT-2's c_proj, T5's wo): give the layer
             # inert stand-ins, marked as initialised, until the weights are in.
-            for attr, key in (("weight", "_weight_stand_in"), ("bias", "bias")):
+            for attr, key in (("weight", "_weight_stand_in"), ("bias", "_bias_stand_in")):
                 tensor = getattr(old, attr, None)
                 if tensor is not None:
                     stand_in = torch.empty_like(tensor, device="meta")
@@ -130,7 +130,7 @@ class LowRankQuantizer(HfQuantizer):
         for module in model.modules():
             if isinstance(module, LowRankLinear):
                 module.__dict__.pop("_weight_stand_in", None)
-                module.__dict__.pop("bias", None)
+                module.__dict__.pop("_bias_stand_in", None)
         return model
 
     def _dequantize(self, model, dtype=None):
@@ -157,6 +157,37 @@ class LowRankQuantizer(HfQuantizer):
     @property
     def is_compileable(self):
         return True
+
+
+def in_model_names(model, header: dict) -> tuple[dict, dict[str, str], list[str]]:
+    """A checkpoint's ``header`` keyed by the names in ``model``, each one's key in the file,
+    and the keys that transformers converts rather than renames.
+
+    transformers 5 renames the weights of many architectures between the module
+    tree and the checkpoint: ViT's module ``vit.layers.0.attention.k_proj`` is
+    saved as ``vit.encoder.layer.0.attention.attention.key``, as its original
+    checkpoints name it. ``save_pretrained`` writes the checkpoint's names and
+    ``from_pretrained`` renames them back, as this does with the same mapping.
+    Tensors that a converter fuses or splits on loading (a mixture of experts'
+    per-expert weights, a fused query-key-value projection) are left out of the
+    first two and listed third. Before transformers 5, checkpoints name the modules.
+    """
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, rename_source_key
+    except ImportError:
+        return header, {key: key for key in header}, []
+    transforms = get_model_conversion_mapping(model)
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    renamings = [t for t in transforms if not isinstance(t, WeightConverter)]
+    keys, converted = {}, []
+    for key in header:
+        name, converter = rename_source_key(key, renamings, converters)
+        if converter is None:
+            keys[name] = key
+        else:
+            converted.append(key)
+    return {name: header[key] for name, key in keys.items()}, keys, converted
 
 
 def _as_model_names(model, layers: dict, header: dict) -> dict[str, str]:

@@ -31,17 +31,22 @@ def find_targets(
     vocabulary projection; a classifier's head is a layer like the others) is
     skipped unless ``include_output_head``; ``filter_fn(module, name)`` must
     return True to keep a layer. The two factors of a layer compressed already
-    (:class:`LowRankLinear`) are not targets. An empty result is an error naming
-    what was searched for.
+    (:class:`LowRankLinear`) are not targets, nor is the output projection of an
+    ``nn.MultiheadAttention`` (its forward reads the weight and bias directly, as
+    SigLIP's pooling head and torch's ``nn.Transformer*Layer`` use it). An empty
+    result is an error naming what was searched for.
     """
     head = None
     if not include_output_head and hasattr(model, "get_output_embeddings"):
         head = model.get_output_embeddings()
     low_rank = [n for n, m in model.named_modules() if isinstance(m, LowRankLinear)]
+    attention = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
     available = [
         (name, module)
         for name, module in model.named_modules()
-        if is_factorisable(module) and not any(name.startswith(f"{p}.") for p in low_rank)
+        if is_factorisable(module)
+        and id(module) not in attention
+        and not any(name.startswith(f"{p}.") for p in low_rank)
     ]
     names = []
     for name, module in available:

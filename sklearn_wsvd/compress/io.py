@@ -4,8 +4,10 @@ and their provenance, and for Hugging Face models a directory that transformers 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import importlib.util
+import inspect
 import json
 import platform
 from datetime import datetime, timezone
@@ -22,10 +24,12 @@ from ._format import (
     QUANT_METHOD,
     WEIGHT_FILES,
     WEIGHTS,
+    _listed,
     aliases,
     check_model,
     check_tensors,
     expected_tensors,
+    lowrank_shapes,
     read_header,
     read_meta,
 )
@@ -131,7 +135,7 @@ def save_compressed(
         (path / META).write_text(json.dumps(meta, indent=2) + "\n")
         return path
     meta["transformers_class"] = type(inner).__name__
-    with _without_quantizer(inner):
+    with _saved_as_is(inner):
         if st_index is None:
             target = path
             # One file (never shards), so that it can be moved out of transformers' way.
@@ -147,6 +151,14 @@ def save_compressed(
             "store yet."
         )
     written.replace(target / WEIGHTS)
+    unsaved = _converted_layers(inner, layers, target / WEIGHTS)
+    if unsaved:
+        (target / WEIGHTS).unlink()
+        raise ValueError(
+            f"transformers saves a {type(inner).__name__} with some weights fused or split, "
+            f"and that conversion mixes the factors of the layers {_listed(unsaved)}: "
+            "leave them uncompressed (exclude_modules) to save this model."
+        )
     stale = stale_weights(target)
     if stale:
         raise ValueError(
@@ -163,6 +175,21 @@ def save_compressed(
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (target / META).write_text(json.dumps(meta, indent=2) + "\n")
     return path
+
+
+def _converted_layers(model, layers, weights) -> list[str]:
+    """The factorised layers whose tensors ``weights`` does not hold under their names
+    (after transformers' renaming): those that its checkpoint conversion fused or split."""
+    header, _, _ = _hf.in_model_names(model, read_header(weights))
+    groups = aliases({name: model.get_submodule(name) for name in layers})
+    return [
+        names[0]
+        for names in groups
+        if not all(
+            any(f"{name}.{key}" in header for name in names)
+            for key in lowrank_shapes(layers[names[0]])
+        )
+    ]
 
 
 def load_compressed(path, model: nn.Module | None = None, device=None) -> nn.Module:
@@ -205,9 +232,13 @@ def load_compressed(path, model: nn.Module | None = None, device=None) -> nn.Mod
         cls = _hf.model_class(meta["transformers_class"], meta_file)
         # The untrusted config.json sets the sizes: check the files against a skeleton on
         # the meta device before allocating anything.
-        _check(_hf.build_model(cls, path, meta=True), layers, header, meta_file, weights)
+        skeleton = _hf.build_model(cls, path, meta=True)
+        header, keys = _in_model_names(skeleton, header, weights)
+        _check(skeleton, layers, header, meta_file, weights)
         model = _hf.build_model(cls, path, meta=False).eval()
-    _load(model, layers, header, meta_file, weights)
+    else:
+        header, keys = _in_model_names(model, header, weights)
+    _load(model, layers, header, keys, meta_file, weights)
     if device is not None:
         model.to(device)
     return model
@@ -219,13 +250,32 @@ def _check(model, layers, header, meta_file, weights) -> dict[str, nn.Module]:
     return replaced
 
 
-def _load(model, layers, header, meta_file, weights) -> None:
+def _in_model_names(model, header, weights) -> tuple[dict, dict[str, str]]:
+    """The header keyed by the names in ``model``, and each one's key in the file.
+
+    They differ where transformers renames an architecture's weights in its
+    checkpoints (:func:`~sklearn_wsvd.compress._hf.in_model_names`).
+    """
+    if _hf is None or not isinstance(model, _hf.transformers.PreTrainedModel):
+        return header, {key: key for key in header}
+    header, keys, converted = _hf.in_model_names(model, header)
+    if converted:
+        name = type(model).__name__
+        raise ValueError(
+            f"{weights}: transformers converts tensors {_listed(converted)} of a {name} as it "
+            f"loads them (fused or split weights), which load_compressed does not: load the "
+            f"directory with {name}.from_pretrained or an AutoModel class."
+        )
+    return header, keys
+
+
+def _load(model, layers, header, keys, meta_file, weights) -> None:
     replaced = _check(model, layers, header, meta_file, weights)
     prefixes = tuple(f"{name}." for name in layers)
     # Read and convert everything first: the model changes only once nothing can fail.
     try:
         with safe_open(str(weights), framework="pt") as f:
-            tensors = {key: f.get_tensor(key) for key in header}
+            tensors = {name: f.get_tensor(keys[name]) for name in header}
     except Exception as exc:  # safetensors' own errors for a damaged file
         raise ValueError(f"{weights}: cannot read its tensors ({exc}).") from exc
     new = {}
@@ -284,18 +334,27 @@ def _transformer_of(model):
 
 
 @contextlib.contextmanager
-def _without_quantizer(model):
-    """Let save_pretrained write a model loaded through the quantizer (which forbids it, so
-    that users call save_compressed); the files are fixed up afterwards."""
+def _saved_as_is(model):
+    """Let save_pretrained write ``model`` as it is, also where a SentenceTransformer calls it.
+
+    Past the quantizer of a model loaded through it (which forbids saving, so that
+    users call save_compressed; the files are fixed up afterwards), and under the
+    module names: transformers 5 converts many architectures' weights back to
+    their original checkpoints' names and layouts as it saves them, fusing some
+    (a query-key-value projection, say) in ways that mix the factors of the
+    layers. Its loading conversion leaves the module names as they are.
+    """
     quantizer = model.__dict__.get("hf_quantizer")
-    if quantizer is None:
-        yield
-        return
-    model.hf_quantizer = None
+    if quantizer is not None:
+        model.hf_quantizer = None
+    if "save_original_format" in inspect.signature(model.save_pretrained).parameters:
+        model.save_pretrained = functools.partial(model.save_pretrained, save_original_format=False)
     try:
         yield
     finally:
-        model.hf_quantizer = quantizer
+        model.__dict__.pop("save_pretrained", None)
+        if quantizer is not None:
+            model.hf_quantizer = quantizer
 
 
 def _provenance(model, inner, report, base_model, method) -> dict:

@@ -122,6 +122,15 @@ class LowRankLinear(nn.Module):
         ref = self.in_proj.weight
         return torch.empty(self.out_features, self.in_features, dtype=ref.dtype, device="meta")
 
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The bias (``out_proj.bias``), as ``nn.Linear`` offers it to model code that reads it
+        (torch's ``nn.TransformerEncoderLayer`` does, to choose its fast path, which the
+        stand-in weight then declines). While transformers loads a checkpoint it is the
+        loader's stand-in."""
+        stand_in = self.__dict__.get("_bias_stand_in")
+        return self.out_proj.bias if stand_in is None else stand_in
+
     def to_dense(self) -> torch.Tensor:
         """The (out_features, in_features) weight ``U V``."""
         return self.out_proj.weight @ self.in_proj.weight
