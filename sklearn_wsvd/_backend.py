@@ -26,6 +26,8 @@ def resolve_device(device, like=None) -> torch.device:
         device = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"device={device!r} is not a valid torch device.") from exc
+    if device.type == "meta":  # tensors without data: nothing can be fitted there
+        raise ValueError("device='meta' holds no data; use device='cpu', 'cuda' or 'auto'.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device={str(device)!r} was requested but CUDA is not available on this "

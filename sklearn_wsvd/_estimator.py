@@ -280,11 +280,12 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             values, not missing entries (mark those with zero weights).
         y : Ignored
             Not used, present for API consistency.
-        sample_weight : array-like of shape (n_samples,) or (n_samples, n_features), \
-                default=None
-            Non-negative importance of each sample (row) or of each entry. None
-            means uniform weights, except that NaN entries of ``X`` are missing
-            (weight zero).
+        sample_weight : {array-like, sparse matrix} of shape (n_samples,) or \
+                (n_samples, n_features), default=None
+            Non-negative importance of each sample (row) or of each entry (a
+            sparse matrix, such as a mask of the observed entries, is made
+            dense). None means uniform weights, except that NaN entries of ``X``
+            are missing (weight zero).
         sample_metric : array-like of shape (n_samples, n_samples) or (n_samples,), \
                 default=None
             Symmetric positive semi-definite metric ``R`` over the samples (a
@@ -793,11 +794,14 @@ def _check_sample_weight(sample_weight, X, *, zero_weight_ok=False):
     else:
         source = check_array(
             sample_weight,
+            accept_sparse=True,
             ensure_2d=False,
             dtype=[np.float64, np.float32],
             ensure_all_finite=False,
             input_name="sample_weight",
         )
+        if sp.issparse(source):  # a sparse mask of the observed entries, say
+            source = source.toarray()
     m, n = X.shape
     if tuple(source.shape) not in ((m,), (m, n)):
         raise ValueError(

@@ -316,6 +316,21 @@ def test_unusable_device_is_named_before_any_work(data):
         WeightedTruncatedSVD(device="mps").fit(X, sample_weight=W)
 
 
+def test_sparse_weights_are_the_dense_ones(data):
+    # A completion's observed entries often come as a sparse matrix, and their mask too.
+    X, W = data
+    mask = sp.random(*X.shape, density=0.5, random_state=0, format="csr")
+    dense = WeightedTruncatedSVD(3, random_state=0).fit(X, sample_weight=mask.toarray())
+    sparse = WeightedTruncatedSVD(3, random_state=0).fit(X, sample_weight=mask)
+    np.testing.assert_array_equal(sparse.components_, dense.components_)
+
+
+def test_the_meta_device_is_refused(data):
+    X, W = data
+    with pytest.raises(ValueError, match="device='meta' holds no data"):
+        WeightedTruncatedSVD(device="meta").fit(X, sample_weight=W)
+
+
 def test_unfitted_and_mismatched_transform(data):
     X, W = data
     with pytest.raises(NotFittedError):
