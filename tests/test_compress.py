@@ -838,6 +838,8 @@ def test_bounded_statistics_memory_needs_batches_and_no_sequential_pass():
         ({"statistics_memory": 1.5e9, "batches": data}, "positive number of bytes"),
         ({"statistics_memory": 10**9}, "give batches"),
         ({"statistics_memory": 10**9, "batches": data, "sequential": True}, "sequential"),
+        # in groups, one pass per group: an iterator would be spent after the first
+        ({"statistics_memory": 10**5, "batches": iter(data)}, "passes over the batches"),
     ]:
         with pytest.raises(ValueError, match=match):
             compress_model(model, ratio=0.5, progress=False, **kwargs)

@@ -380,10 +380,17 @@ def compress_model(
         statistics_memory = None
     if statistics_memory is not None:
         memory_groups = _memory_groups(names, shapes, needs, statistics_memory)
+        passes = len(memory_groups) * (2 if curves_first else 1)
         if len(memory_groups) == 1:  # all at once, in one pass
             memory_groups = None
+        elif not reusable:
+            raise ValueError(
+                f"The calibration statistics of the {len(names)} target layers outgrow "
+                f"statistics_memory ({statistics_memory / 2**30:.3g} GiB): they would be "
+                f"gathered by {passes} passes over the batches, which are an iterator that "
+                "can be passed over once. Pass them as a sequence (a list)."
+            )
         elif auto:
-            passes = len(memory_groups) * (2 if curves_first else 1)
             warnings.warn(
                 f"The calibration statistics of the {len(names)} target layers outgrow half "
                 f"the free memory ({statistics_memory / 2**30:.3g} GiB): they are gathered in "
