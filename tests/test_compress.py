@@ -188,6 +188,52 @@ def test_target_matching_as_peft_does_it():
     assert "lm_head" in find_targets(gpt, include_output_head=True)
 
 
+class _PartlyUsed(nn.Module):
+    """A network whose calibration leaves two layers without statistics: ``unused`` never
+    runs, ``aside`` runs but its output does not reach the loss (as a multimodal model's
+    vision tower under text, or an expert that no token is routed to)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.first, self.aside = nn.Linear(16, 32), nn.Linear(16, 16)
+        self.unused, self.last = nn.Linear(16, 16), nn.Linear(32, 4)
+
+    def forward(self, x):
+        self.aside(x)
+        return self.last(torch.relu(self.first(x)))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"ratio": 0.5},
+        {"param_budget": 0.5},
+        {"ratio": 0.5, "method": "svd-llm"},
+        {"param_budget": 0.5, "sequential": True},
+    ],
+)
+def test_layers_the_calibration_does_not_reach_stay_dense(kwargs):
+    model = _PartlyUsed()
+    x, y = torch.randn(40, 16), torch.randint(0, 4, (40,))
+    common = dict(batches=[(x, y)], loss_fn=nn.functional.cross_entropy, progress=False)
+    unreached = ["aside", "unused"] if kwargs.get("method") != "svd-llm" else ["unused"]
+    with pytest.warns(UserWarning, match="did not reach") as record:
+        small, report = compress_model(model, **common, **kwargs)
+    assert len(record) == 1 and all(f"'{n}'" in str(record[0].message) for n in unreached)
+    rows = {r.name: r for r in report.layers}
+    assert all(rows[n].rank is None and rows[n].solver == "not reached" for n in unreached)
+    assert all(type(small.get_submodule(n)) is nn.Linear for n in unreached)
+    assert isinstance(small.first, LowRankLinear)
+    if not kwargs.get("sequential"):  # the same model when the statistics come in groups
+        with pytest.warns(UserWarning, match="did not reach"):
+            grouped, _ = compress_model(model, **common, **kwargs, statistics_memory=3000)
+        for a, b in zip(small.state_dict().values(), grouped.state_dict().values(), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="reached none of the|does not depend on any"):
+        compress_model(model, **common, **kwargs, target_modules=unreached)
+
+
 def test_multihead_attention_keeps_its_output_projection():
     # nn.MultiheadAttention's forward reads out_proj.weight and .bias itself: a
     # low-rank layer there would fail at the first forward (SigLIP's pooling head).

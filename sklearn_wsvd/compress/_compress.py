@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .._solvers import SOLVERS
 from .._validation import is_positive_int
 from ..metrics import loss_estimate, output_error
-from ._format import aliases
+from ._format import _listed, aliases
 from ._sequential import (
     BlockRunner,
     corrected,
@@ -38,7 +38,13 @@ from .allocation import (
     statistics_kinds,
     uniform_budget_ranks,
 )
-from .calibration import collect_statistics, statistics_from_importance, with_text_labels
+from .calibration import (
+    LayerStatistics,
+    NoLossGradientError,
+    collect_statistics,
+    statistics_from_importance,
+    with_text_labels,
+)
 from .layers import LowRankLinear, dense_weight, linear_shape, set_submodule
 from .methods import DEFAULT_DAMPING, METHODS, OUTPUT_DAMPING, get_method
 from .report import CompressionReport, LayerReport
@@ -194,7 +200,10 @@ def compress_model(
     batches : sequence, optional
         Calibration batches, as for :func:`collect_statistics`. Without
         ``statistics``, they are collected from these (what ``method`` needs).
-        Needed by ``sequential``.
+        Needed by ``sequential``. A target layer that they do not reach (never
+        called, as a multimodal model's vision tower on text, or an expert that no
+        token is routed to; or without effect on the loss) stays dense, outside
+        ``param_budget``, and a warning names it.
     loss_fn : callable, optional
         For ``(inputs, targets)`` batches, as in :func:`collect_statistics`.
     sequential : {False, True, "refit", "reweight"}, default=False
@@ -354,9 +363,23 @@ def compress_model(
             needs.remove("inputs")
 
     def gather(layers):
-        return collect_statistics(
-            model, batches, collect=needs, loss_fn=loss_fn, target_modules=layers, progress=progress
-        )
+        # Layers left without statistics stay dense, which one warning says at the end,
+        # instead of collect_statistics' advice to exclude them after every pass.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", _UNREACHED_WARNINGS, UserWarning)
+            try:
+                return collect_statistics(
+                    model,
+                    batches,
+                    collect=needs,
+                    loss_fn=loss_fn,
+                    target_modules=layers,
+                    progress=progress,
+                )
+            except NoLossGradientError:
+                if memory_groups is None:  # the whole model: a detached loss, say
+                    raise
+                return {n: LayerStatistics(shapes[n]) for n in layers}  # a group outside it
 
     memory_groups = None
     # A budget spread by the loss reads every layer's curve first: a pass more per group.
@@ -399,8 +422,12 @@ def compress_model(
                 UserWarning,
                 stacklevel=2,
             )
+    unreached = []  # layers the batches leave without statistics: they stay dense
     if needs and memory_groups is None:
         statistics = gather(names)
+        unreached = _unreached(statistics, needs)
+        if len(unreached) == len(names):
+            raise ValueError(_unreached_message(unreached, names))
     if statistics is not None:
         missing = [n for n in names if n not in statistics]
         if missing:
@@ -417,6 +444,9 @@ def compress_model(
                 f"the layer): {wrong}; were they collected on another model?"
             )
     provided = needs if memory_groups else ("inputs",) if sequential else ()
+    reached = [n for n in names if n not in unreached]
+    if statistics is not None:
+        statistics = {n: statistics[n] for n in reached}
     method = _resolve_method(method, statistics, provided=provided)
     if solver != "auto" and method != "tfwsvd":
         raise ValueError(f"solver applies to the iterative 'tfwsvd' method only, not {method!r}.")
@@ -437,14 +467,25 @@ def compress_model(
             curves = {}
             for group in memory_groups:
                 group_stats = gather(group)
+                unreached += _unreached(group_stats, needs)
                 for n in group:
-                    curves[n] = rank_gains(
-                        weights[n], group_stats.pop(n), metric_damping, output_damping
-                    )
-            ranks = spend_budget(curves, shapes, budget, min_saving)
+                    stats_n = group_stats.pop(n)
+                    if n not in unreached:
+                        curves[n] = rank_gains(weights[n], stats_n, metric_damping, output_damping)
+            if not curves:
+                raise ValueError(_unreached_message(unreached, names))
+            fitted = {n: shapes[n] for n in curves}
+            ranks = spend_budget(curves, fitted, parse_budget(param_budget, fitted), min_saving)
     else:
         ranks = resolve_ranks(
-            rank, ratio, param_budget, weights, statistics, shapes, min_saving, **damping
+            rank,
+            ratio,
+            param_budget,
+            {n: weights[n] for n in reached},
+            statistics,
+            {n: shapes[n] for n in reached},
+            min_saving,
+            **damping,
         )
     options = dict(params)
     if method == "svd-llm":
@@ -453,7 +494,9 @@ def compress_model(
         options.update(damping)
     if method == "tfwsvd":
         options["solver"] = solver
-    plan = {n: check_rank(n, ranks[n], shapes[n], min_saving) for n in names}
+    plan = {
+        n: None if n in unreached else check_rank(n, ranks[n], shapes[n], min_saving) for n in names
+    }
     if not inplace:
         # The weights of the layers to replace are not copied: the copy costs the rest only.
         memo = {id(weights[n]): weights[n] for n in names if plan[n] is not None}
@@ -495,6 +538,9 @@ def compress_model(
                 todo = [n for n in stage if plan[n] is not None]
                 if memory_groups and todo:
                     stats = gather(todo)
+                    missed = _unreached(stats, needs)
+                    unreached += missed
+                    plan.update(dict.fromkeys(missed))
                 block = runner.block_of(stage) if runner is not None else None
                 if block is not None:
                     paired = runner.paired_inputs(block, todo) if todo else {}
@@ -519,6 +565,8 @@ def compress_model(
                     bar.update()
                     m, n = shapes[name]
                     if A is None:
+                        if name in unreached:
+                            used = "not reached"
                         report.layers.append(
                             LayerReport(name, (m, n), None, m * n, m * n, method, used, 0.0)
                         )
@@ -542,14 +590,56 @@ def compress_model(
                     )
                 if block is not None:
                     runner.advance(block)
+        if len(unreached) == len(names):  # known only now where statistics came in groups
+            raise ValueError(_unreached_message(unreached, names))
         for name, A, B in pending:
             replace(name, A, B)
     finally:
         for name, module in model.named_modules():
             module.training = modes.get(name, module.training)
+    if unreached:
+        warnings.warn(
+            _unreached_message(unreached, names)
+            + " They stay dense, outside param_budget: calibrate with batches that reach"
+            " them, or leave them out (exclude_modules).",
+            UserWarning,
+            stacklevel=2,
+        )
     report.model_params_after = _count(model)
     report.seconds = time.perf_counter() - start
     return model, report
+
+
+_UNREACHED_WARNINGS = (
+    "The forward passes never ran the layers|The loss does not depend on the layers"
+)
+
+
+def _unreached(statistics, needs) -> list[str]:
+    """The layers whose statistics of the kinds ``needs`` are missing or zero: the
+    calibration batches never called them, or their output does not reach the loss."""
+
+    def reached(st, kind):
+        value = {
+            "inputs": None if st.inputs is None else st.inputs.gram,
+            "fisher": st.fisher_sum,
+            "output_gradients": st.output_gradient_gram,
+        }[kind]
+        return value is not None and bool(value.any())
+
+    return [n for n, st in statistics.items() if not all(reached(st, k) for k in needs)]
+
+
+def _unreached_message(unreached, names) -> str:
+    if len(unreached) == len(names):
+        return (
+            f"The calibration batches reached none of the {len(names)} target layers: none "
+            "was called, or none affects the loss. Are they the model's inputs?"
+        )
+    return (
+        f"The calibration batches did not reach {len(unreached)} of the {len(names)} target "
+        f"layers ({_listed(unreached)}): never called, or without effect on the loss."
+    )
 
 
 def _available_memory(device) -> int | None:

@@ -483,8 +483,12 @@ def _checked_loss(loss):
         shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
         raise ValueError(f"the loss must be a scalar tensor, got {shape}; reduce it (mean).")
     if not loss.requires_grad:
-        raise ValueError(
+        raise NoLossGradientError(
             "the loss does not depend on any target layer's weight (it has no gradient): "
             "was it computed under torch.no_grad(), or detached?"
         )
     return loss
+
+
+class NoLossGradientError(ValueError):
+    """The calibration loss depends on none of the target layers."""
