@@ -789,6 +789,20 @@ def test_a_causal_lms_text_is_its_own_labels():
     assert report.method == "svd-llm"
 
 
+def test_bare_tensors_of_token_ids_are_batches_of_text():
+    # batches=[ids, ...], as one would call model(ids): a causal LM's text, its own labels.
+    gen = torch.Generator().manual_seed(0)
+    ids = [torch.randint(0, 60, (2, 10), generator=gen) for _ in range(2)]
+    for model, method in ((tiny_gpt2(), "kfac"), (tiny_bert(), "svd-llm")):
+        small, report = compress_model(model, param_budget=0.5, batches=ids, progress=False)
+        as_dicts, _ = compress_model(
+            model, param_budget=0.5, batches=[{"input_ids": i} for i in ids], progress=False
+        )
+        assert report.method == method
+        for a, b in zip(small.state_dict().values(), as_dicts.state_dict().values(), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def calibration_passes(monkeypatch):
     """The layers of every calibration pass compress_model makes from now on, in order."""
     from sklearn_wsvd.compress import _compress

@@ -772,9 +772,8 @@ def _method_for_batches(method, model, batches, loss_fn):
     first = next(iterator, None)
     if iterator is batches and first is not None:
         batches = itertools.chain([first], iterator)
-    has_loss = loss_fn is not None or (
-        isinstance(first, Mapping) and "labels" in with_text_labels(model, first)
-    )
+    labelled = with_text_labels(model, first)
+    has_loss = loss_fn is not None or (isinstance(labelled, Mapping) and "labels" in labelled)
     return (DEFAULT_METHOD if has_loss else "svd-llm"), batches
 
 

@@ -193,7 +193,12 @@ def _forward(model, batch, loss_fn):
             raise ValueError("with loss_fn, each batch must be an (inputs, targets) pair.")
         inputs, targets = batch
         return loss_fn(model(inputs), targets)
-    out = model(**batch) if isinstance(batch, Mapping) else model(*batch)
+    if isinstance(batch, Mapping):
+        out = model(**batch)
+    elif isinstance(batch, torch.Tensor):  # one input (token ids, say)
+        out = model(batch)
+    else:
+        out = model(*batch)
     return getattr(out, "loss", None)
 
 
@@ -223,9 +228,11 @@ def with_text_labels(model, batch):
     """A causal LM's batch of text (``input_ids``, no ``labels``) with its tokens as labels.
 
     Padding (``attention_mask == 0``) gets the label -100, which the loss skips, as
-    transformers' language-modelling collator does. Other batches are returned as
-    they are.
+    transformers' language-modelling collator does. A bare tensor of token ids is
+    such a batch too. Other batches are returned as they are.
     """
+    if isinstance(batch, torch.Tensor) and not batch.is_floating_point() and is_causal_lm(model):
+        batch = {"input_ids": batch}
     if not (
         isinstance(batch, Mapping)
         and "input_ids" in batch
@@ -305,7 +312,8 @@ def collect_statistics(
         labels) or any module (with ``loss_fn`` for a loss).
     batches : iterable
         Dicts of tensors, or ``(inputs, targets)`` pairs when ``loss_fn`` is given,
-        or tuples of positional inputs.
+        or tuples of positional inputs, or single tensors (a causal LM's token ids
+        are then its ``input_ids``, as in a dict).
     collect : sequence of {"inputs", "fisher", "output_gradients"}, default=("inputs",)
         What to gather.
     loss_fn : callable, optional
