@@ -801,6 +801,14 @@ def test_bare_tensors_of_token_ids_are_batches_of_text():
         assert report.method == method
         for a, b in zip(small.state_dict().values(), as_dicts.state_dict().values(), strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # per-sample gradients split a tensor batch by its rows
+    gpt = tiny_gpt2()
+    by_tensor = collect_statistics(gpt, ids, collect=("fisher",), per_sample=True)
+    by_dict = collect_statistics(
+        gpt, [{"input_ids": i} for i in ids], collect=("fisher",), per_sample=True
+    )
+    for name, st in by_dict.items():
+        torch.testing.assert_close(by_tensor[name].fisher, st.fisher, rtol=0, atol=0)
 
 
 def calibration_passes(monkeypatch):

@@ -267,6 +267,8 @@ def _split(batch):
     if isinstance(batch, Mapping):
         n = len(next(iter(batch.values())))
         return ({k: v[i : i + 1] for k, v in batch.items()} for i in range(n))
+    if isinstance(batch, torch.Tensor):
+        return (batch[i : i + 1] for i in range(len(batch)))
     n = len(batch[0])
     return (tuple(t[i : i + 1] for t in batch) for i in range(n))
 
@@ -427,14 +429,14 @@ def collect_statistics(
                 p.requires_grad_(True)
         for batch in tqdm(batches, desc="calibrate", disable=not progress, leave=False):
             n_batches += 1
+            if needs_loss and loss_fn is None:
+                batch = with_text_labels(model, batch)
             for sample in _split(batch) if per_sample and needs_loss else (batch,):
                 state.update(mask=_token_mask(sample), seen={}, leaves={})
                 if not needs_loss:
                     with torch.no_grad():
                         _forward(model, sample, loss_fn)
                     continue
-                if loss_fn is None:
-                    sample = with_text_labels(model, sample)
                 loss = _checked_loss(_forward(model, sample, loss_fn))
                 if leaves_only:  # the outputs' hooks take their gradients on the way
                     leaves = [leaf for _, leaf in state["leaves"].values()]
