@@ -139,6 +139,8 @@ def test_evaluation_errors():
         perplexity(model, [{"input_ids": torch.tensor([[3]])}])
     with pytest.raises(ValueError, match="takes dicts"):
         perplexity(model, [(torch.tensor([[3, 4]]),)])
+    ids = torch.tensor([[3, 4, 9, 2]])  # token ids alone are input_ids
+    assert perplexity(model, [ids]) == perplexity(model, [{"input_ids": ids}])
     with pytest.raises(ValueError, match="batches is empty"):
         accuracy(nn.Linear(2, 2), [])
     with pytest.raises(ValueError, match="needs labelled batches"):

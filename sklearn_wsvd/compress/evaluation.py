@@ -32,11 +32,12 @@ def perplexity(model: nn.Module, batches: Iterable, *, progress: bool = False) -
     model : nn.Module
         A causal language model whose output has ``.logits`` of shape
         (batch, length, vocabulary), as transformers' ``*ForCausalLM`` models.
-    batches : iterable of dict
-        Keyword inputs of the model (``input_ids``, ``attention_mask``...).
-        ``labels``, if present, are the tokens to predict (``-100`` skips a
-        position, as for a prompt); else ``input_ids``. Positions where
-        ``attention_mask`` is 0 (padding) are skipped either way.
+    batches : iterable of dict or tensor
+        Keyword inputs of the model (``input_ids``, ``attention_mask``...), or
+        tensors of token ids (``input_ids``). ``labels``, if present, are the
+        tokens to predict (``-100`` skips a position, as for a prompt); else
+        ``input_ids``. Positions where ``attention_mask`` is 0 (padding) are
+        skipped either way.
     progress : bool, default=False
         Show a progress bar over the batches.
 
@@ -236,9 +237,12 @@ def _evaluating(model):
 
 
 def _as_dict(batch, name):
+    if isinstance(batch, torch.Tensor) and not batch.is_floating_point():
+        return {"input_ids": batch}  # token ids alone, as calibration takes them
     if not isinstance(batch, Mapping):
         raise ValueError(
-            f"{name} takes dicts of keyword inputs (input_ids, ...), got {type(batch).__name__}."
+            f"{name} takes dicts of keyword inputs (input_ids, ...) or tensors of token ids, "
+            f"got {type(batch).__name__}."
         )
     return dict(batch)
 
