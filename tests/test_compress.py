@@ -562,9 +562,10 @@ def test_in_place_compression_lets_each_replaced_weight_go_at_once(monkeypatch):
 
 
 def test_peak_memory_of_in_place_compression_is_one_layers_working_set():
-    # Measured in a fresh process: 64 layers of 2 MiB (128 MiB of weights) compressed in
+    # Measured in a fresh process: 128 layers of 2 MiB (256 MiB of weights) compressed in
     # place to half. If the original weights were held until the end, the peak would rise by
-    # the new factors (64 MiB); streaming keeps it to a few copies of one layer.
+    # the new factors (128 MiB); streaming keeps it to a few copies of one layer, plus what
+    # the allocator and the thread pools hold at random (17-41 MiB in 12 runs).
     import subprocess
     import sys
 
@@ -581,7 +582,7 @@ def status_mib(key):
 warm = nn.Sequential(nn.Linear(512, 1024), nn.Linear(1024, 512))
 compress_model(warm, ratio=0.5, method="svd", inplace=True, progress=False)
 torch.manual_seed(0)
-model = nn.Sequential(*[nn.Linear(512, 1024) for _ in range(64)])
+model = nn.Sequential(*[nn.Linear(512, 1024) for _ in range(128)])
 loaded = status_mib("VmRSS")
 # The peak from here on (getrusage's would include the parent's size at fork).
 with open("/proc/self/clear_refs", "w") as f:
@@ -595,7 +596,7 @@ print(status_mib("VmHWM") - loaded)
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
     )
     extra_mib = float(out.stdout.split()[-1])
-    assert extra_mib < 40, extra_mib
+    assert extra_mib < 80, extra_mib
 
 
 # Found by an adversarial review of the compression API ------------------------
