@@ -15,6 +15,7 @@ from sklearn_wsvd.compress import (
     find_targets,
     fisher_importance,
 )
+from sklearn_wsvd.compress.calibration import is_causal_lm
 from sklearn_wsvd.metrics import svd_risk
 
 
@@ -771,6 +772,7 @@ def test_a_causal_lms_text_is_its_own_labels():
     assert "labels" not in text[0]  # the caller's batch is untouched
     small, report = compress_model(model, param_budget=0.5, batches=text, progress=False)
     assert report.method == "kfac"
+    assert is_causal_lm(torch.compile(model))  # compiled (lazily: nothing runs here)
     # An encoder's text defines no loss: inputs only.
     encoder_text = [{"input_ids": ids, "attention_mask": mask}]
     _, report = compress_model(tiny_bert(), param_budget=0.5, batches=encoder_text, progress=False)

@@ -217,7 +217,9 @@ def is_causal_lm(model) -> bool:
     """Whether ``model`` is a transformers causal language model.
 
     Its text is its own labels: the loss is the next-token loss of the batch.
+    A ``torch.compile`` wrapper of one is one.
     """
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
     transformers = sys.modules.get("transformers")  # a transformers model has imported it
     if transformers is None or not isinstance(model, transformers.PreTrainedModel):
         return False
