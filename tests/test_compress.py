@@ -752,6 +752,7 @@ def test_a_key_value_cache_is_not_captured_with_the_blocks_inputs():
         torch.testing.assert_close(runner.original[0], hidden.hidden_states[i + 1])
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_a_causal_lms_text_is_its_own_labels():
     """Text alone calibrates a causal LM with its loss (the default method, "kfac"),
     as if its tokens were passed as labels, padding excluded; an encoder's text does not."""
