@@ -220,3 +220,26 @@ def test_per_sample_fisher_is_the_mean_of_per_sample_squares():
     )
     torch.testing.assert_close(stats["c"].fisher, expected.double() / 4)
     assert stats["c"].n_losses == 4
+
+
+def test_each_batch_is_moved_to_the_models_device():
+    # A tokenizer's batches are on the CPU; a model on a GPU takes them there. Shown with
+    # the meta device, which exists everywhere: the model sees its inputs moved to it.
+    from sklearn_wsvd.compress.calibration import _forward
+
+    class Recorder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.empty(2, device="meta"))
+            self.seen = []
+
+        def forward(self, *args, **kwargs):
+            self.seen += [t.device.type for t in (*args, *kwargs.values())]
+
+    model = Recorder()
+    x = torch.zeros(3, 2)
+    for batch in ({"input_ids": x, "mask": x}, (x, x), [x], x):
+        model.seen.clear()
+        _forward(model, batch, None)
+        assert model.seen and set(model.seen) == {"meta"}
+    assert x.device.type == "cpu"  # the caller's tensors are not moved

@@ -917,15 +917,12 @@ def test_a_budget_too_small_fails_before_any_calibration_pass_in_groups(monkeypa
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
 def test_the_default_workflow_on_cuda_agrees_with_the_cpu():
     """Text calibration, K-FAC under a budget, statistics in groups (a tiny bound), on the
-    GPU: the layers stay there and the model agrees with the one compressed on the CPU."""
+    GPU: the layers stay there and the model agrees with the one compressed on the CPU.
+    The batches stay on the CPU, as a tokenizer gives them: each is moved to the model."""
     text = [{"input_ids": b["input_ids"]} for b in token_batches()]
     on_cpu, cpu_report = compress_model(tiny_gpt2(), param_budget=0.5, batches=text, progress=False)
     on_gpu, report = compress_model(
-        tiny_gpt2().cuda(),
-        param_budget=0.5,
-        batches=[{"input_ids": b["input_ids"].cuda()} for b in text],
-        statistics_memory=10**5,
-        progress=False,
+        tiny_gpt2().cuda(), param_budget=0.5, batches=text, statistics_memory=10**5, progress=False
     )
     assert report.method == "kfac"
     assert all(p.is_cuda for p in on_gpu.parameters())

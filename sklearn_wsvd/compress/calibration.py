@@ -186,8 +186,30 @@ def statistics_from_importance(importance, shapes) -> dict[str, LayerStatistics]
     return out
 
 
+def to_device(value, device):
+    """``value`` (a tensor, or a dict, tuple or list of them) with its tensors on ``device``."""
+    if device is None:
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, Mapping):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_device(v, device) for v in value)
+    return value
+
+
+def input_device(model) -> torch.device | None:
+    """Where a model takes its inputs: the device of its first weight (accelerate's hooks
+    move them on between the parts of a model split over devices)."""
+    param = next(model.parameters(), None)
+    return None if param is None else param.device
+
+
 def _forward(model, batch, loss_fn):
-    """Run the model on a batch; return the loss when one is defined (else None)."""
+    """Run the model on a batch, moved to its device; return the loss when one is
+    defined (else None)."""
+    batch = to_device(batch, input_device(model))
     if loss_fn is not None:
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
             raise ValueError("with loss_fn, each batch must be an (inputs, targets) pair.")
@@ -317,7 +339,8 @@ def collect_statistics(
     batches : iterable
         Dicts of tensors, or ``(inputs, targets)`` pairs when ``loss_fn`` is given,
         or tuples of positional inputs, or single tensors (a causal LM's token ids
-        are then its ``input_ids``, as in a dict).
+        are then its ``input_ids``, as in a dict). Each is moved to the device of
+        the model's first weight.
     collect : sequence of {"inputs", "fisher", "output_gradients"}, default=("inputs",)
         What to gather.
     loss_fn : callable, optional

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .calibration import input_device, to_device
+
 IGNORE_INDEX = -100  # the label that Hugging Face losses skip
 
 
@@ -64,7 +66,7 @@ def perplexity(model: nn.Module, batches: Iterable, *, progress: bool = False) -
     total, count = 0.0, 0
     with _evaluating(model) as device:
         for batch in tqdm(batches, desc="perplexity", disable=not progress, leave=False):
-            batch = _to_device(_as_dict(batch, "perplexity"), device)
+            batch = to_device(_as_dict(batch, "perplexity"), device)
             labels = batch.pop("labels", None)
             if labels is None:
                 labels = batch["input_ids"]
@@ -128,13 +130,13 @@ def accuracy(model: nn.Module, batches: Iterable, *, progress: bool = False) -> 
     with _evaluating(model) as device:
         for batch in tqdm(batches, desc="accuracy", disable=not progress, leave=False):
             if isinstance(batch, Mapping):
-                batch = _to_device(dict(batch), device)
+                batch = to_device(dict(batch), device)
                 if "labels" not in batch:
                     raise ValueError("accuracy needs labelled batches: dicts with 'labels'.")
                 labels = batch.pop("labels")
                 logits = _logits(model(**batch))
             elif isinstance(batch, (tuple, list)) and len(batch) == 2:
-                inputs, labels = _to_device(batch[0], device), batch[1].to(device)
+                inputs, labels = to_device(batch[0], device), batch[1].to(device)
                 logits = _logits(model(inputs))
             else:
                 raise ValueError(
@@ -201,7 +203,7 @@ def embeddings(model: nn.Module, batches: Iterable, *, progress: bool = False) -
     ask = {}  # a model with a head (token classification, say): its body's hidden states
     with _evaluating(model) as device:
         for batch in tqdm(batches, desc="embed", disable=not progress, leave=False):
-            batch = _to_device(_as_dict(batch, "embeddings"), device)
+            batch = to_device(_as_dict(batch, "embeddings"), device)
             batch.pop("labels", None)
             out = model(**batch, **ask)
             hidden = (
@@ -227,11 +229,10 @@ def embeddings(model: nn.Module, batches: Iterable, *, progress: bool = False) -
 def _evaluating(model):
     """Eval mode and no gradients for the duration; yields the device of the model's weights."""
     was_training = model.training
-    param = next(model.parameters(), None)
     model.eval()
     try:
         with torch.no_grad():
-            yield None if param is None else param.device
+            yield input_device(model)
     finally:
         model.train(was_training)
 
@@ -245,16 +246,6 @@ def _as_dict(batch, name):
             f"got {type(batch).__name__}."
         )
     return dict(batch)
-
-
-def _to_device(value, device):
-    if device is None:
-        return value
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, Mapping):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    return value
 
 
 def _logits(output):
