@@ -926,6 +926,11 @@ def test_the_default_workflow_on_cuda_agrees_with_the_cpu():
     )
     assert report.method == "kfac"
     assert all(p.is_cuda for p in on_gpu.parameters())
+    # block by block too (the sequential passes move each batch as well)
+    again, _ = compress_model(
+        tiny_gpt2().cuda(), param_budget=0.5, batches=text, sequential=True, progress=False
+    )
+    assert all(p.is_cuda for p in again.parameters())
     kept = sum(r.params_after for r in report.layers)
     assert abs(kept - sum(r.params_after for r in cpu_report.layers)) <= 0.02 * kept
     ids = text[0]["input_ids"]

@@ -17,7 +17,15 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .calibration import InputStatistics, LayerStatistics, _forward, _rows, _token_mask
+from .calibration import (
+    InputStatistics,
+    LayerStatistics,
+    _forward,
+    _rows,
+    _token_mask,
+    input_device,
+    to_device,
+)
 from .layers import linear_shape
 
 
@@ -296,6 +304,7 @@ def _run(model, batch, loss_fn):
     if use_cache:
         config.use_cache = False
     try:
+        batch = to_device(batch, input_device(model))
         if loss_fn is not None:
             return model(batch[0])
         if isinstance(batch, Mapping):
