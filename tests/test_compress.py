@@ -235,6 +235,18 @@ def test_layers_the_calibration_does_not_reach_stay_dense(kwargs):
         compress_model(model, **common, **kwargs, target_modules=unreached)
 
 
+def test_plain_svd_needs_no_statistics_and_compresses_every_layer():
+    # Its batches serve the report only: a layer they do not reach is compressed all the same.
+    x = torch.randn(40, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small, report = compress_model(
+            _PartlyUsed(), ratio=0.5, method="svd", batches=[x], progress=False
+        )
+    assert all(r.rank is not None for r in report.layers)
+    assert isinstance(small.unused, LowRankLinear) and isinstance(small.aside, LowRankLinear)
+
+
 def test_multihead_attention_keeps_its_output_projection():
     # nn.MultiheadAttention's forward reads out_proj.weight and .bias itself: a
     # low-rank layer there would fail at the first forward (SigLIP's pooling head).

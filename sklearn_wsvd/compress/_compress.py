@@ -361,6 +361,9 @@ def compress_model(
             # Each block's inputs come from the sequential pass itself: collecting them for
             # every layer up front would only hold memory.
             needs.remove("inputs")
+    # What a layer cannot be fitted without (plain SVD needs nothing: its inputs are only
+    # for the report); a layer that the batches leave without it stays dense.
+    required = [k for k in needs if k in get_method(method).needs] if needs else []
 
     def gather(layers):
         # Layers left without statistics stay dense, which one warning says at the end,
@@ -425,7 +428,7 @@ def compress_model(
     unreached = []  # layers the batches leave without statistics: they stay dense
     if needs and memory_groups is None:
         statistics = gather(names)
-        unreached = _unreached(statistics, needs)
+        unreached = _unreached(statistics, required)
         if len(unreached) == len(names):
             raise ValueError(_unreached_message(unreached, names))
     if statistics is not None:
@@ -467,7 +470,7 @@ def compress_model(
             curves = {}
             for group in memory_groups:
                 group_stats = gather(group)
-                unreached += _unreached(group_stats, needs)
+                unreached += _unreached(group_stats, required)
                 for n in group:
                     stats_n = group_stats.pop(n)
                     if n not in unreached:
@@ -538,7 +541,7 @@ def compress_model(
                 todo = [n for n in stage if plan[n] is not None]
                 if memory_groups and todo:
                     stats = gather(todo)
-                    missed = _unreached(stats, needs)
+                    missed = _unreached(stats, required)
                     unreached += missed
                     plan.update(dict.fromkeys(missed))
                 block = runner.block_of(stage) if runner is not None else None
