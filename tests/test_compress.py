@@ -224,6 +224,7 @@ def test_layers_the_calibration_does_not_reach_stay_dense(kwargs):
     assert len(record) == 1 and all(f"'{n}'" in str(record[0].message) for n in unreached)
     rows = {r.name: r for r in report.layers}
     assert all(rows[n].rank is None and rows[n].solver == "not reached" for n in unreached)
+    assert f"{len(unreached)} of them not reached by the calibration batches" in str(report)
     assert all(type(small.get_submodule(n)) is nn.Linear for n in unreached)
     assert isinstance(small.first, LowRankLinear)
     if not kwargs.get("sequential"):  # the same model when the statistics come in groups

@@ -9,8 +9,9 @@ from dataclasses import asdict, dataclass, field
 class LayerReport:
     """What happened to one layer.
 
-    ``rank`` is None for a layer left dense (factorising it would save less than
-    ``min_saving``). Errors compare the layer's weight ``W`` with its replacement
+    ``rank`` is None for a layer left dense: factorising it would save less than
+    ``min_saving``, or (``solver == "not reached"``) the calibration batches did not
+    reach it. Errors compare the layer's weight ``W`` with its replacement
     ``W'``; the ``svd_`` fields are those of plain truncated SVD at the same rank
     (the layer's SVD risk). ``output_error`` is ``|(W - W') X| / |W X|`` on the
     calibration inputs ``X``; ``loss_estimate`` the predicted loss increase,
@@ -115,6 +116,9 @@ class CompressionReport:
             f"target layers {self.params_before:,} -> {self.params_after:,} weights "
             f"({target:.1%} kept)"
         )
+        unreached = sum(r.solver == "not reached" for r in self.layers)
+        if unreached:
+            lines.append(f"{unreached} of them not reached by the calibration batches: dense")
         lines.append(
             f"whole model {self.model_params_before:,} -> {self.model_params_after:,} "
             f"parameters ({model:.1%} kept), {self.seconds:.1f} s"
