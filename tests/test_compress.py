@@ -248,6 +248,16 @@ def test_plain_svd_needs_no_statistics_and_compresses_every_layer():
     assert isinstance(small.unused, LowRankLinear) and isinstance(small.aside, LowRankLinear)
 
 
+def test_quantized_layers_are_named_before_any_work():
+    # an int8 weight (bitsandbytes' Linear8bitLt is an nn.Linear) failed deep in torch
+    model = nn.Sequential(nn.Linear(16, 32), nn.Linear(32, 4))
+    model[0].weight = nn.Parameter(torch.ones(32, 16, dtype=torch.int8), requires_grad=False)
+    with pytest.raises(ValueError, match=r"'0' hold \['torch.int8'\] weights, not floating"):
+        compress_model(model, ratio=0.5, progress=False)
+    small, _ = compress_model(model, ratio=0.5, exclude_modules=["0"], progress=False)
+    assert isinstance(small[1], LowRankLinear) and small[0] is not model[0]
+
+
 def test_multihead_attention_keeps_its_output_projection():
     # nn.MultiheadAttention's forward reads out_proj.weight and .bias itself: a
     # low-rank layer there would fail at the first forward (SigLIP's pooling head).

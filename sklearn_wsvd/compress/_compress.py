@@ -346,6 +346,15 @@ def compress_model(
             "passed over twice for every block."
         )
     names = _untied_targets(model, target_modules, exclude_modules, filter_fn)
+    dtypes = {n: dense_weight(model.get_submodule(n)).dtype for n in names}
+    quantized = [n for n, dtype in dtypes.items() if not dtype.is_floating_point]
+    if quantized:
+        raise ValueError(
+            f"The target layers {_listed(quantized)} hold "
+            f"{sorted({str(dtypes[n]) for n in quantized})} weights, not floating-point ones "
+            "(a quantized model?): compress the model in float32, float16 or bfloat16, or "
+            "leave them out (exclude_modules)."
+        )
     shapes = {n: linear_shape(model.get_submodule(n)) for n in names}
     if importance is not None:
         statistics = statistics_from_importance(importance, shapes)
