@@ -236,6 +236,23 @@ def test_layers_the_calibration_does_not_reach_stay_dense(kwargs):
         compress_model(model, **common, **kwargs, target_modules=unreached)
 
 
+def test_layers_that_given_statistics_leave_empty_stay_dense():
+    # The two-step workflow: statistics (or a Fisher) collected first, then compress_model.
+    model = _PartlyUsed()
+    x, y = torch.randn(40, 16), torch.randint(0, 4, (40,))
+    loss = nn.functional.cross_entropy
+    with pytest.warns(UserWarning):
+        stats = collect_statistics(
+            model, [(x, y)], collect=("inputs", "output_gradients"), loss_fn=loss
+        )
+        fisher = fisher_importance(model, [(x, y)], loss_fn=loss)
+    for given in ({"statistics": stats}, {"importance": fisher}):
+        with pytest.warns(UserWarning, match=r"did not reach 2 of the 4 .*'aside', 'unused'"):
+            small, report = compress_model(model, ratio=0.5, progress=False, **given)
+        assert [r.name for r in report.layers if r.solver == "not reached"] == ["aside", "unused"]
+        assert isinstance(small.first, LowRankLinear)
+
+
 def test_plain_svd_needs_no_statistics_and_compresses_every_layer():
     # Its batches serve the report only: a layer they do not reach is compressed all the same.
     x = torch.randn(40, 16)
@@ -455,8 +472,11 @@ def test_layers_the_loss_never_reaches_are_named():
     model = mlp()
     importance = {n: torch.rand(model.get_submodule(n).weight.shape) for n in ("0", "2", "4")}
     importance["2"] = torch.zeros(32, 32)
-    with pytest.raises(ValueError, match=r"layer '2': its Fisher importance is zero everywhere"):
-        compress_model(model, rank=2, importance=importance, method="tfwsvd", progress=False)
+    with pytest.warns(UserWarning, match=r"did not reach 1 of the 3 target layers \('2'\)"):
+        small, _ = compress_model(
+            model, rank=2, importance=importance, method="tfwsvd", progress=False
+        )
+    assert type(small[2]) is nn.Linear and isinstance(small[0], LowRankLinear)  # left dense
     # A budget spends nothing on it, and fails on nothing.
     ranks = allocate_ranks(
         {n: model.get_submodule(n).weight for n in ("0", "2")}, importance, budget=20 * 52 + 64

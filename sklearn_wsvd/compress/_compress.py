@@ -358,10 +358,24 @@ def compress_model(
     shapes = {n: linear_shape(model.get_submodule(n)) for n in names}
     if importance is not None:
         statistics = statistics_from_importance(importance, shapes)
+    unreached = []  # layers left without the statistics they need: they stay dense
+    if statistics is not None:  # the caller's
+        given = {n: statistics[n] for n in names if n in statistics}
+        kinds = statistics_kinds(given)  # collected for some layer: empty for others
+        if method != "auto":
+            kinds = [k for k in get_method(method).needs if k in kinds]
+        unreached = _unreached(given, kinds)
+        if given and len(unreached) == len(names):
+            raise ValueError(_unreached_message(unreached, names))
     if statistics is None and batches is not None:
         method, batches = _method_for_batches(method, model, batches, loss_fn)
     elif method == "auto":
-        method = _resolve_method(method, statistics, provided=("inputs",) if reusable else ())
+        reached = (
+            None
+            if statistics is None
+            else {n: st for n, st in statistics.items() if n not in unreached}
+        )
+        method = _resolve_method(method, reached, provided=("inputs",) if reusable else ())
     _check_sequential(sequential, method)
     needs = []
     if statistics is None and batches is not None:
@@ -434,7 +448,6 @@ def compress_model(
                 UserWarning,
                 stacklevel=2,
             )
-    unreached = []  # layers the batches leave without statistics: they stay dense
     if needs and memory_groups is None:
         statistics = gather(names)
         unreached = _unreached(statistics, required)
