@@ -370,12 +370,8 @@ def compress_model(
     if statistics is None and batches is not None:
         method, batches = _method_for_batches(method, model, batches, loss_fn)
     elif method == "auto":
-        reached = (
-            None
-            if statistics is None
-            else {n: st for n, st in statistics.items() if n not in unreached}
-        )
-        method = _resolve_method(method, reached, provided=("inputs",) if reusable else ())
+        usable = statistics and {n: st for n, st in statistics.items() if n not in unreached}
+        method = _resolve_method(method, usable, provided=("inputs",) if reusable else ())
     _check_sequential(sequential, method)
     needs = []
     if statistics is None and batches is not None:
