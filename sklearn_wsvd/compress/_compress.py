@@ -639,16 +639,7 @@ _UNREACHED_WARNINGS = (
 def _unreached(statistics, needs) -> list[str]:
     """The layers whose statistics of the kinds ``needs`` are missing or zero: the
     calibration batches never called them, or their output does not reach the loss."""
-
-    def reached(st, kind):
-        value = {
-            "inputs": None if st.inputs is None else st.inputs.gram,
-            "fisher": st.fisher_sum,
-            "output_gradients": st.output_gradient_gram,
-        }[kind]
-        return value is not None and bool(value.any())
-
-    return [n for n, st in statistics.items() if not all(reached(st, k) for k in needs)]
+    return [n for n, st in statistics.items() if not all(st.holds(k) for k in needs)]
 
 
 def _unreached_message(unreached, names) -> str:

@@ -110,12 +110,21 @@ class LayerStatistics:
         return self._need("output_gradients", self.output_gradient_gram) / max(self.n_losses, 1)
 
     def has(self, kind: str) -> bool:
-        value = {
-            "inputs": self.inputs,
+        """Whether statistics of ``kind`` were collected."""
+        return self._sums(kind) is not None
+
+    def holds(self, kind: str) -> bool:
+        """Whether statistics of ``kind`` were collected and are not all zero: the batches
+        ran the layer (inputs), and its output reaches the loss (gradients)."""
+        sums = self._sums(kind)
+        return sums is not None and bool(sums.any())
+
+    def _sums(self, kind):
+        return {
+            "inputs": None if self.inputs is None else self.inputs.gram,
             "fisher": self.fisher_sum,
             "output_gradients": self.output_gradient_gram,
         }[kind]
-        return value is not None
 
     def _need(self, kind, value):
         if value is None:
