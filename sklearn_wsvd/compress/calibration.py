@@ -257,21 +257,25 @@ def is_causal_lm(model) -> bool:
     return is_causal_lm_class(type(model).__name__)
 
 
+def token_batch(batch):
+    """A tensor of token ids as the batch it stands for, ``{"input_ids": ids}``; any other
+    batch as it is."""
+    if isinstance(batch, torch.Tensor) and not batch.is_floating_point():
+        return {"input_ids": batch}
+    return batch
+
+
 def with_text_labels(model, batch):
     """A causal LM's batch of text (``input_ids``, no ``labels``) with its tokens as labels.
 
     Padding (``attention_mask == 0``) gets the label -100, which the loss skips, as
     transformers' language-modelling collator does. A bare tensor of token ids is
-    such a batch too. Other batches are returned as they are.
+    such a batch too (:func:`token_batch`). Other batches are returned as they are.
     """
-    if isinstance(batch, torch.Tensor) and not batch.is_floating_point() and is_causal_lm(model):
-        batch = {"input_ids": batch}
-    if not (
-        isinstance(batch, Mapping)
-        and "input_ids" in batch
-        and "labels" not in batch
-        and is_causal_lm(model)
-    ):
+    if not is_causal_lm(model):
+        return batch
+    batch = token_batch(batch)
+    if not (isinstance(batch, Mapping) and "input_ids" in batch and "labels" not in batch):
         return batch
     labels = batch["input_ids"]
     mask = batch.get("attention_mask")

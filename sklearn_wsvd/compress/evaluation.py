@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .calibration import input_device, to_device
+from .calibration import input_device, to_device, token_batch
 
 IGNORE_INDEX = -100  # the label that Hugging Face losses skip
 
@@ -238,8 +238,7 @@ def _evaluating(model):
 
 
 def _as_dict(batch, name):
-    if isinstance(batch, torch.Tensor) and not batch.is_floating_point():
-        return {"input_ids": batch}  # token ids alone, as calibration takes them
+    batch = token_batch(batch)  # token ids alone, as calibration takes them
     if not isinstance(batch, Mapping):
         raise ValueError(
             f"{name} takes dicts of keyword inputs (input_ids, ...) or tensors of token ids, "
