@@ -12,8 +12,6 @@ method applied to the least-squares target ``W* = W M C~^{-1}`` in the metric
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 from torch import nn
 
@@ -304,12 +302,10 @@ def _run(model, batch, loss_fn):
     if use_cache:
         config.use_cache = False
     try:
-        batch = to_device(batch, input_device(model))
-        if loss_fn is not None:
-            return model(batch[0])
-        if isinstance(batch, Mapping):
-            return model(**batch)
-        return _forward(model, batch, None)
+        if loss_fn is not None:  # the inputs alone: the blocks' hooks need no loss
+            model(to_device(batch[0], input_device(model)))
+        else:
+            _forward(model, batch, None)
     finally:
         if use_cache:
             config.use_cache = use_cache
