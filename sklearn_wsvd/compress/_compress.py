@@ -481,7 +481,7 @@ def compress_model(
     damping = {"metric_damping": metric_damping, "output_damping": output_damping}
     kinds = set(needs) if memory_groups else statistics_kinds(statistics)
     if memory_groups and param_budget is not None:
-        budget = parse_budget(param_budget, shapes)
+        budget = parse_budget(param_budget, shapes)  # checked before any pass
         if not curves_first:  # as allocate_ranks does with inputs only
             ranks = uniform_budget_ranks(shapes, budget, min_saving)
         else:
@@ -495,7 +495,7 @@ def compress_model(
                         curves[n] = rank_gains(weights[n], stats_n, metric_damping, output_damping)
             if not curves:
                 raise ValueError(_unreached_message(unreached, names))
-            fitted = {n: shapes[n] for n in curves}
+            fitted = {n: shapes[n] for n in curves}  # the layers reached: the budget is theirs
             ranks = spend_budget(curves, fitted, parse_budget(param_budget, fitted), min_saving)
     else:
         ranks = resolve_ranks(
