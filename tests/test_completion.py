@@ -10,7 +10,7 @@ from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from sklearn_wsvd import WeightedTruncatedSVD
 from sklearn_wsvd.model_selection import HiddenEntryScorer, alpha_path
@@ -279,6 +279,87 @@ def test_a_holdout_is_the_first_fold_of_the_cross_validation():
         alpha_path(est, X, W, max_folds=0)
 
 
+def _truncated_scores(est, X, W, hidden, alpha, head=None):
+    """The hidden-entry score of a fit at ``alpha`` truncated to each rank, by hand."""
+    model = clone(est).set_params(alpha=alpha)
+    X_fit = np.where(hidden, np.nan, X)
+    if head is not None:
+        head = clone(head).fit(X_fit)
+        X_fit = head.transform(X_fit)
+    Z = model.fit_transform(X_fit, sample_weight=np.where(hidden, 0.0, W))
+    U, s, Vt = np.linalg.svd(Z @ model.components_, full_matrices=False)
+    scores = []
+    for r in range(1, model.n_components + 1):
+        L = (U[:, :r] * s[:r]) @ Vt[:r]
+        L = head.inverse_transform(L) if head is not None else L
+        scores.append(-np.mean((X - L)[hidden] ** 2))
+    return np.array(scores)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        None,
+        StandardScaler(with_std=False),  # scored at the hidden entries alone
+        FunctionTransformer(
+            np.cbrt, inverse_func=lambda Y: Y**3, check_inverse=False
+        ),  # scored whole
+    ],
+)
+def test_the_path_scores_every_fit_truncated_to_every_rank(head):
+    X, W, _ = noisy_completion(seed=1)
+    X = X + 3.0  # positive, mostly, so that the cube root's inverse is far from affine
+    est = WeightedTruncatedSVD(8, tol=1e-10, max_iter=3000, random_state=0, dtype="float64")
+    model = est if head is None else make_pipeline(head, est)
+    alphas = [20.0, 8.0]  # optima of rank below k: one optimum, warm or cold
+    path = alpha_path(model, X, W, alphas=alphas, patience=None, select_rank=True)
+    hidden = _entry_folds(W, 5) == 0
+    assert path["rank_scores"].shape == (2, 8)
+    for a, alpha in enumerate(alphas):
+        expected = _truncated_scores(est, X, W, hidden, alpha, head)
+        np.testing.assert_allclose(path["rank_scores"][a], expected, rtol=1e-4)
+    # truncated to its own rank, a fit is the fit itself
+    np.testing.assert_allclose(path["rank_scores"][:, -1], path["mean_test_score"], rtol=1e-10)
+
+
+def test_choosing_the_rank_finds_the_truth_s_and_predicts_better():
+    X, W, truth = noisy_completion(observed=0.5, noise=0.5)
+    est = WeightedTruncatedSVD(12, random_state=0)
+    fixed = alpha_path(est, X, W)
+    chosen = alpha_path(est, X, W, select_rank=True)
+    assert fixed["best_rank"] == 12 and "rank_scores" not in fixed
+    assert chosen["best_rank"] == 3  # the truth's
+    # the second path, at rank 3 on the same folds, is what chose it
+    rank_path = chosen["rank_path"]
+    assert chosen["best_score"] == rank_path["mean_test_score"].max() > fixed["best_score"]
+    assert chosen["best_alpha"] == rank_path["alphas"][np.argmax(rank_path["mean_test_score"])]
+    errors = [
+        hidden_rmse(
+            WeightedTruncatedSVD(p["best_rank"], alpha=p["best_alpha"], random_state=0).fit(
+                X, sample_weight=W
+            ),
+            X,
+            W,
+            truth,
+        )
+        for p in (fixed, chosen)
+    ]
+    assert errors[1] < 0.9 * errors[0]
+
+
+def test_choosing_the_rank_keeps_the_full_rank_where_it_predicts_best():
+    # A matrix of full rank with a slowly decaying spectrum: nothing to cut.
+    rng = np.random.default_rng(3)
+    U, _ = np.linalg.qr(rng.normal(size=(80, 10)))
+    V, _ = np.linalg.qr(rng.normal(size=(40, 10)))
+    X = (U * np.linspace(10.0, 8.0, 10)) @ V.T
+    W = (rng.uniform(size=X.shape) < 0.8).astype(float)
+    X = np.where(W > 0, X, np.nan)
+    path = alpha_path(WeightedTruncatedSVD(10, random_state=0), X, W, select_rank=True)
+    assert path["best_rank"] == 10 and "rank_path" not in path
+    assert path["best_alpha"] == path["alphas"][np.argmax(path["mean_test_score"])]
+
+
 def _bad_completions():
     X, W, _ = noisy_completion(m=30, n=8)
     return (
@@ -299,13 +380,14 @@ def _bad_completions():
             ({"n_folds": 1}, ValueError, "n_folds == 1, must be >= 2"),
             ({"n_folds": 2.5}, TypeError, "n_folds must be an instance of int"),
             ({"patience": 0}, ValueError, "patience == 0, must be >= 1"),
+            ({"select_rank": 1}, TypeError, "select_rank must be an instance of bool"),
         ],
         X,
         W,
     )
 
 
-@pytest.mark.parametrize("case", range(12))
+@pytest.mark.parametrize("case", range(13))
 def test_alpha_path_names_bad_input(case):
     cases, X, W = _bad_completions()
     kwargs, exc, match = cases[case]
