@@ -327,8 +327,9 @@ def _path(estimator, prefix, X, W, alphas, folds, patience, truncations):
             row.append(score)
             row_ranked.append(truncated)
         scores.append(row)
-        ranked.append(np.mean(row_ranked, axis=0) if truncations else None)
-        means = np.max(ranked, axis=1) if truncations else np.mean(scores, axis=1)
+        if truncations:
+            ranked.append(np.mean(row_ranked, axis=0))
+        means = np.mean(scores, axis=1)
         best = int(np.argmax(means))
         # past a real minimum of the error (not the flat start of zero fits)
         if patience is not None and len(means) - 1 - best >= patience and means[best] > means[0]:
@@ -343,7 +344,7 @@ def _path(estimator, prefix, X, W, alphas, folds, patience, truncations):
         "best_alpha": float(alphas[int(np.argmax(mean))]),
         "best_score": float(mean.max()),
     }
-    if truncations:
+    if truncations:  # computed over the rank-k path's penalties: its stop is theirs
         path["rank_scores"] = np.array(ranked)
     return path
 
