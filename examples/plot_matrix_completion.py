@@ -82,14 +82,13 @@ print(f"cross-validated alpha: RMSE on the hidden pixels {hidden_rmse(completed)
 fig, ax = plt.subplots(figsize=(6, 3.6))
 for name, path in paths.items():
     ax.semilogx(path["alphas"], np.sqrt(-path["mean_test_score"]), "o-", label=f"{name}, rank 20")
-    if "rank_path" in path:
+    if "rank_path" in path:  # the second path, at the rank the truncations preferred
         lower = path["rank_path"]
-        rank_ = int(np.argmax(path["rank_scores"].max(axis=0))) + 1
         ax.semilogx(
             lower["alphas"],
             np.sqrt(-lower["mean_test_score"]),
             "s--",
-            label=f"{name}, rank {rank_}",
+            label=f"{name}, rank {lower['rank']}",
         )
 ax.axvline(alpha, color="grey", ls="--", lw=0.8)
 ax.set_xlabel("alpha")

@@ -296,27 +296,42 @@ def _truncated_scores(est, X, W, hidden, alpha, head=None):
     return np.array(scores)
 
 
+class _CountingScaler(StandardScaler):
+    """Counts the matrices mapped back through it."""
+
+    calls = 0
+
+    def inverse_transform(self, X, copy=None):
+        type(self).calls += 1
+        return super().inverse_transform(X, copy=copy)
+
+
 @pytest.mark.parametrize(
-    "head",
+    "head, max_folds",
     [
-        None,
-        StandardScaler(with_std=False),  # scored at the hidden entries alone
-        FunctionTransformer(
-            np.cbrt, inverse_func=lambda Y: Y**3, check_inverse=False
-        ),  # scored whole
+        (None, None),  # every fold: the truncations' scores are averaged
+        (_CountingScaler(with_std=False), 1),  # scored at the hidden entries alone
+        (FunctionTransformer(np.cbrt, inverse_func=lambda Y: Y**3, check_inverse=False), 1),
     ],
 )
-def test_the_path_scores_every_fit_truncated_to_every_rank(head):
+def test_the_path_scores_every_fit_truncated_to_every_rank(head, max_folds):
     X, W, _ = noisy_completion(seed=1)
     X = X + 3.0  # positive, mostly, so that the cube root's inverse is far from affine
     est = WeightedTruncatedSVD(8, tol=1e-10, max_iter=3000, random_state=0, dtype="float64")
     model = est if head is None else make_pipeline(head, est)
-    alphas = [20.0, 8.0]  # optima of rank below k: one optimum, warm or cold
-    path = alpha_path(model, X, W, alphas=alphas, patience=None, select_rank=True)
-    hidden = _entry_folds(W, 5) == 0
+    alphas = [20.0, 12.0]  # optima of rank 2 to 5, below k: one optimum, warm or cold
+    _CountingScaler.calls = 0
+    path = alpha_path(
+        model, X, W, alphas=alphas, patience=None, max_folds=max_folds, select_rank=True
+    )
+    if isinstance(head, _CountingScaler):  # per fit: the fit, zeros and ones; no truncation
+        assert _CountingScaler.calls == 3 * len(alphas) + len(
+            path.get("rank_path", {}).get("alphas", [])
+        )
+    folds = [_entry_folds(W, 5) == f for f in range(path["test_scores"].shape[1])]
     assert path["rank_scores"].shape == (2, 8)
     for a, alpha in enumerate(alphas):
-        expected = _truncated_scores(est, X, W, hidden, alpha, head)
+        expected = np.mean([_truncated_scores(est, X, W, h, alpha, head) for h in folds], axis=0)
         np.testing.assert_allclose(path["rank_scores"][a], expected, rtol=1e-4)
     # truncated to its own rank, a fit is the fit itself
     np.testing.assert_allclose(path["rank_scores"][:, -1], path["mean_test_score"], rtol=1e-10)
@@ -380,7 +395,11 @@ def _bad_completions():
             ({"n_folds": 1}, ValueError, "n_folds == 1, must be >= 2"),
             ({"n_folds": 2.5}, TypeError, "n_folds must be an instance of int"),
             ({"patience": 0}, ValueError, "patience == 0, must be >= 1"),
-            ({"select_rank": 1}, TypeError, "select_rank must be an instance of bool"),
+            (
+                {"select_rank": 1},
+                TypeError,
+                "select_rank must be an instance of {bool, numpy.bool}",
+            ),
         ],
         X,
         W,
