@@ -299,18 +299,18 @@ def alpha_path(
     if select_rank:
         by_rank = path["rank_scores"].max(axis=0)
         rank = int(np.argmax(by_rank)) + 1
-    # Settled by a path at that rank, unless its truncation only ties the fit (a rank-k
-    # fit that leaves components unused equals its truncation, up to rounding).
-    if select_rank and by_rank[rank - 1] - path["best_score"] > 1e-9 * abs(path["best_score"]):
-        lower = clone(estimator).set_params(**{f"{prefix}n_components": rank})
-        other = _path(lower, prefix, X, W, alphas, folds, patience, False)
-        path["rank_path"] = {"rank": rank} | {
-            key: other[key] for key in ("alphas", "test_scores", "mean_test_score")
-        }
-        if other["best_score"] > path["best_score"]:
-            path.update(
-                best_rank=rank, best_alpha=other["best_alpha"], best_score=other["best_score"]
-            )
+        # Settled by a path at that rank, unless its truncation only ties the fit (a
+        # rank-k fit that leaves components unused equals its truncation, up to rounding).
+        if by_rank[rank - 1] - path["best_score"] > 1e-9 * abs(path["best_score"]):
+            lower = clone(estimator).set_params(**{f"{prefix}n_components": rank})
+            other = _path(lower, prefix, X, W, alphas, folds, patience, False)
+            path["rank_path"] = {"rank": rank} | {
+                key: other[key] for key in ("alphas", "test_scores", "mean_test_score")
+            }
+            if other["best_score"] > path["best_score"]:
+                path.update(
+                    best_rank=rank, best_alpha=other["best_alpha"], best_score=other["best_score"]
+                )
     path["seconds"] = time.perf_counter() - start
     return path
 

@@ -375,6 +375,18 @@ def test_choosing_the_rank_keeps_the_full_rank_where_it_predicts_best():
     assert path["best_alpha"] == path["alphas"][np.argmax(path["mean_test_score"])]
 
 
+def test_a_fit_leaving_components_unused_is_not_refitted_at_a_lower_rank():
+    # At this penalty the rank-8 fit uses two components: its truncations to ranks
+    # 2 to 8 are the fit itself, and a second path at rank 2 would only repeat it.
+    X, W, _ = noisy_completion(seed=1)
+    path = alpha_path(
+        WeightedTruncatedSVD(8, random_state=0), X, W, alphas=[20.0], select_rank=True
+    )
+    np.testing.assert_allclose(path["rank_scores"][0, 1:], path["best_score"], rtol=1e-9)
+    assert path["rank_scores"][0, 0] < path["best_score"]
+    assert path["best_rank"] == 8 and "rank_path" not in path
+
+
 def _bad_completions():
     X, W, _ = noisy_completion(m=30, n=8)
     return (
