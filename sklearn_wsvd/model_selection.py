@@ -397,14 +397,13 @@ def _score(model, prefix, X, W, hidden, Z, truncations):
 def _components(Z, components):
     """``U, V`` with ``Z @ components = U @ V.T``, columns in decreasing singular value.
 
-    By torch's LAPACK, as :func:`_spectral_norm`.
+    ``components`` (the estimator's ``components_``) has orthonormal rows, so the
+    SVD of ``Z`` is that of the product. By torch's LAPACK, as :func:`_spectral_norm`.
     """
-    Q1, R1 = torch.linalg.qr(to_tensor(Z, device=torch.device("cpu"), dtype=torch.float64))
-    Q2, R2 = torch.linalg.qr(
-        to_tensor(components.T, device=torch.device("cpu"), dtype=torch.float64)
-    )
-    U, s, Vt = torch.linalg.svd(R1 @ R2.T)
-    return to_numpy(Q1 @ (U * s)), to_numpy(Q2 @ Vt.T)
+    cpu = torch.device("cpu")
+    U, s, Vt = torch.linalg.svd(to_tensor(Z, device=cpu, dtype=torch.float64), full_matrices=False)
+    C = to_tensor(components, device=cpu, dtype=torch.float64)
+    return to_numpy(U * s), to_numpy(C.T @ Vt.T)
 
 
 def _spectral_norm(M) -> float:
