@@ -1,5 +1,6 @@
 """Solvers reach the known optima, decrease their objective, and keep the best point."""
 
+import importlib
 import os
 import warnings
 
@@ -225,6 +226,27 @@ def test_ncg_refines_a_given_start_without_its_sweeps(rng):
     assert warm.objective == joint.objective != swept.objective
     assert solve(X, W, 3, solver="ncg", max_iter=1).objective == swept.objective  # rank1 start
 
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_ncg_carried_residual_matches_a_fresh_one(rng, monkeypatch, alpha):
+    # ncg carries A B - X from step to step (E + t E1 + t^2 E2) and recomputes it
+    # every REFRESH steps: the path must be the one that recomputes it at each step,
+    # and every objective it reports the objective of its factors.
+    ncg = importlib.import_module("sklearn_wsvd._solvers.ncg")  # the module, not the function
+    X = torch.tensor(rng.normal(size=(30, 20)))
+    W = torch.tensor(rng.lognormal(size=X.shape))
+    seen = []
+
+    def record(n_iter, A, B, f):
+        seen.append(f - _common.objective(X, W, A, B, alpha))
+
+    carried = solve(X, W, 4, solver="ncg", alpha=alpha, tol=0.0, max_iter=60, callback=record)
+    monkeypatch.setattr(ncg, "REFRESH", 1)
+    fresh = solve(X, W, 4, solver="ncg", alpha=alpha, tol=0.0, max_iter=60)
+    np.testing.assert_allclose(carried.objective, fresh.objective, rtol=1e-10)
+    assert carried.objective[-1] < 0.99 * carried.objective[3]  # the joint steps did move
+    assert np.max(np.abs(seen)) <= 1e-10 * carried.objective[-1]
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("solver", ALL)
