@@ -227,7 +227,6 @@ def test_ncg_refines_a_given_start_without_its_sweeps(rng):
     assert solve(X, W, 3, solver="ncg", max_iter=1).objective == swept.objective  # rank1 start
 
 
-
 @pytest.mark.parametrize("alpha", [0.0, 0.5])
 def test_ncg_carried_residual_matches_a_fresh_one(rng, monkeypatch, alpha):
     # ncg carries A B - X from step to step (E + t E1 + t^2 E2) and recomputes it
@@ -247,6 +246,7 @@ def test_ncg_carried_residual_matches_a_fresh_one(rng, monkeypatch, alpha):
     np.testing.assert_allclose(carried.objective, fresh.objective, rtol=1e-10)
     assert carried.objective[-1] < 0.99 * carried.objective[3]  # the joint steps did move
     assert np.max(np.abs(seen)) <= 1e-10 * carried.objective[-1]
+
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("solver", ALL)
