@@ -38,14 +38,13 @@ observed = np.random.default_rng(0).uniform(size=X.shape) >= 0.9
 X_missing, W = np.where(observed, X, np.nan), observed.astype(float)
 
 
-def complete(model):
-    """Fit to the observed pixels and reconstruct every pixel."""
+def reconstruct(model):
+    """Every pixel, by a fitted model: each row folded in from its observed pixels."""
     if hasattr(model, "steps"):
-        model.fit(X_missing, weightedtruncatedsvd__sample_weight=W)
         scaler, est = model[0], model[-1]
         Z = est.transform(scaler.transform(X_missing), sample_weight=W)
         return scaler.inverse_transform(est.inverse_transform(Z))
-    return model.fit_transform(X_missing, sample_weight=W) @ model.components_
+    return model.inverse_transform(model.transform(X_missing, sample_weight=W))
 
 
 def hidden_rmse(L):
@@ -54,7 +53,8 @@ def hidden_rmse(L):
 
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always", UserWarning)
-    unpenalised = complete(WeightedTruncatedSVD(20, random_state=0))
+    plain = WeightedTruncatedSVD(20, random_state=0)
+    unpenalised = plain.fit_transform(X_missing, sample_weight=W) @ plain.components_
 print(next(str(w.message) for w in caught if "fewer entries" in str(w.message)))
 print(f"alpha = 0: RMSE on the hidden pixels {hidden_rmse(unpenalised):.2f}")
 
@@ -68,15 +68,17 @@ models = {
         StandardScaler(with_std=False), WeightedTruncatedSVD(20, tol=1e-4, random_state=0)
     ),
 }
-paths = {name: alpha_path(model, X_missing, W, select_rank=True) for name, model in models.items()}
+paths = {
+    name: alpha_path(model, X_missing, W, select_rank=True, refit=True)
+    for name, model in models.items()
+}
 best = max(paths, key=lambda name: paths[name]["best_score"])
 alpha, rank = paths[best]["best_alpha"], paths[best]["best_rank"]
 seconds = sum(p["seconds"] for p in paths.values())
 print(f"chosen: {best}, rank {rank}, alpha = {alpha:.1f} ({seconds:.1f} s)")
 
-prefix = "weightedtruncatedsvd__" if best == "centred" else ""
-model = models[best].set_params(**{f"{prefix}alpha": alpha, f"{prefix}n_components": rank})
-completed = complete(model)
+# ``refit=True`` fitted the chosen model to every observed pixel
+completed = reconstruct(paths[best]["estimator"])
 print(f"cross-validated alpha: RMSE on the hidden pixels {hidden_rmse(completed):.2f}")
 
 fig, ax = plt.subplots(figsize=(6, 3.6))

@@ -168,6 +168,7 @@ def alpha_path(
     max_folds: int | None = 1,
     patience: int | None = 3,
     select_rank: bool = False,
+    refit: bool = False,
     random_state: int = 0,
 ) -> dict:
     """Cross-validated error of a completion along decreasing ridge penalties, over entries.
@@ -232,6 +233,9 @@ def alpha_path(
         its best); None computes every penalty.
     select_rank : bool, default=False
         Choose the rank as well as the penalty (see above).
+    refit : bool, default=False
+        Also fit a clone of ``estimator`` with ``best_alpha`` and ``best_rank`` to
+        every observed entry of ``X``, returned as ``"estimator"``.
     random_state : int, default=0
         Seed of the folds.
 
@@ -243,7 +247,8 @@ def alpha_path(
         ``"mean_test_score"``, ``"std_test_score"``, ``"best_alpha"`` (the
         penalty of the largest mean score at ``best_rank``), ``"best_rank"``
         (``n_components`` unless ``select_rank``), ``"best_score"`` and
-        ``"seconds"`` (wall time). With ``select_rank``, also
+        ``"seconds"`` (wall time, the refit included). With ``refit``, the
+        fitted ``"estimator"``. With ``select_rank``, also
         ``"rank_scores"`` of shape (n_alphas, n_components), the mean score of
         each fit truncated to each rank, and, where a second path ran,
         ``"rank_path"``: its ``"rank"`` and its own ``"alphas"``,
@@ -262,8 +267,9 @@ def alpha_path(
     3
     >>> bool(path["best_alpha"] > 0)
     True
-    >>> alpha_path(WeightedTruncatedSVD(8), X, W, select_rank=True)["best_rank"]
-    3
+    >>> chosen = alpha_path(WeightedTruncatedSVD(8), X, W, select_rank=True, refit=True)
+    >>> chosen["best_rank"], chosen["estimator"].n_components
+    (3, 3)
     """
     start = time.perf_counter()
     X = check_array(X, ensure_all_finite="allow-nan", dtype=np.float64)
@@ -272,7 +278,8 @@ def alpha_path(
     for name, value in {"max_folds": max_folds, "patience": patience}.items():
         if value is not None:
             check_scalar(value, name, Integral, min_val=1)
-    check_scalar(select_rank, "select_rank", (bool, np.bool_))
+    for name, value in {"select_rank": select_rank, "refit": refit}.items():
+        check_scalar(value, name, (bool, np.bool_))
     if alphas is None:
         check_scalar(n_alphas, "n_alphas", Integral, min_val=1)
         check_scalar(eps, "eps", Real, min_val=0, max_val=1, include_boundaries="neither")
@@ -311,6 +318,10 @@ def alpha_path(
                 path.update(
                     best_rank=rank, best_alpha=other["best_alpha"], best_score=other["best_score"]
                 )
+    if refit:
+        best = {f"{prefix}alpha": path["best_alpha"], f"{prefix}n_components": path["best_rank"]}
+        path["estimator"] = clone(estimator).set_params(**best)
+        path["estimator"].fit(X, **{f"{prefix}sample_weight": W})
     path["seconds"] = time.perf_counter() - start
     return path
 

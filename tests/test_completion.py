@@ -387,6 +387,26 @@ def test_a_fit_leaving_components_unused_is_not_refitted_at_a_lower_rank():
     assert path["best_rank"] == 8 and "rank_path" not in path
 
 
+@pytest.mark.parametrize("centred", [False, True])
+def test_refit_fits_the_chosen_model_to_every_observed_entry(centred):
+    X, W, _ = noisy_completion(observed=0.5, noise=0.5)
+    est = WeightedTruncatedSVD(12, random_state=0)
+    model = make_pipeline(StandardScaler(with_std=False), est) if centred else est
+    prefix = "weightedtruncatedsvd__" if centred else ""
+    X_given = X.copy()
+    path = alpha_path(model, X, W, select_rank=True, refit=True)
+    np.testing.assert_array_equal(X, X_given)  # nothing the user passed is changed
+    assert "estimator" not in alpha_path(model, X, W, select_rank=True)
+    refitted = path["estimator"]
+    assert refitted is not model and path["best_rank"] < 12  # a clone, at the chosen rank
+    chosen = {f"{prefix}alpha": path["best_alpha"], f"{prefix}n_components": path["best_rank"]}
+    assert {key: refitted.get_params()[key] for key in chosen} == chosen
+    by_hand = clone(model).set_params(**chosen).fit(X, **{f"{prefix}sample_weight": W})
+    last, expected = (refitted[-1], by_hand[-1]) if centred else (refitted, by_hand)
+    np.testing.assert_allclose(last.components_, expected.components_)
+    assert last.n_iter_ == expected.n_iter_
+
+
 def _bad_completions():
     X, W, _ = noisy_completion(m=30, n=8)
     return (
@@ -412,13 +432,14 @@ def _bad_completions():
                 TypeError,
                 "select_rank must be an instance of {bool, numpy.bool}",
             ),
+            ({"refit": "yes"}, TypeError, "refit must be an instance of {bool, numpy.bool}"),
         ],
         X,
         W,
     )
 
 
-@pytest.mark.parametrize("case", range(13))
+@pytest.mark.parametrize("case", range(14))
 def test_alpha_path_names_bad_input(case):
     cases, X, W = _bad_completions()
     kwargs, exc, match = cases[case]
