@@ -302,7 +302,7 @@ def alpha_path(
         raise ValueError(f"Too few observed entries for n_folds={n_folds}: a fold is empty.")
     folds = [fold == f for f in range(min(n_folds, max_folds or n_folds))]
     path = _path(estimator, prefix, X, W, alphas, folds, patience, select_rank)
-    path["best_rank"] = (estimator[-1] if prefix else estimator).n_components
+    path["best_rank"] = _last_step(estimator).n_components
     if select_rank:
         by_rank = path["rank_scores"].max(axis=0)
         rank = int(np.argmax(by_rank)) + 1
@@ -328,7 +328,7 @@ def alpha_path(
 
 def _path(estimator, prefix, X, W, alphas, folds, patience, truncations):
     """Scores of every penalty (and, with ``truncations``, of every rank) on hidden ``folds``."""
-    inits = [(estimator[-1] if prefix else estimator).init] * len(folds)
+    inits = [_last_step(estimator).init] * len(folds)
     scores, ranked = [], []
     for alpha in alphas:
         row, row_ranked = [], []
@@ -338,8 +338,7 @@ def _path(estimator, prefix, X, W, alphas, folds, patience, truncations):
                 **{f"{prefix}alpha": alpha, f"{prefix}init": inits[f]}
             )
             Z = model.fit_transform(np.where(hidden, np.nan, X), **{f"{prefix}sample_weight": W_f})
-            fitted = model[-1] if prefix else model
-            inits[f] = (Z, fitted.components_)
+            inits[f] = (Z, _last_step(model).components_)
             score, truncated = _score(model, prefix, X, W, hidden, Z, truncations)
             row.append(score)
             row_ranked.append(truncated)
@@ -380,7 +379,7 @@ def _score(model, prefix, X, W, hidden, Z, truncations):
     before the estimator is a scaler (``x -> a x + b`` per column; ``a`` and
     ``b`` read off by mapping back zeros and ones), and whole otherwise.
     """
-    fitted = model[-1] if prefix else model
+    fitted = _last_step(model)
     head = model[:-1].inverse_transform if prefix else (lambda M: M)
     x, w = X[hidden][:, None], W[hidden]
 
@@ -403,6 +402,11 @@ def _score(model, prefix, X, W, hidden, Z, truncations):
         L += np.outer(U[:, r], V[:, r])
         scores.append(score(head(L)[hidden][:, None])[0])
     return best, np.array(scores)
+
+
+def _last_step(model):
+    """The estimator itself, or the last step of a pipeline."""
+    return model[-1] if isinstance(model, Pipeline) else model
 
 
 def _components(Z, components):

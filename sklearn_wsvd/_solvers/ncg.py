@@ -93,8 +93,7 @@ def ncg(X, W, A, B, *, alpha=0.0, max_iter=1000, tol=1e-5, sweeps=3, cg_steps=3,
         # The residual E = A B - X is carried from the last step (E + t E1 + t^2 E2),
         # and computed afresh every REFRESH steps against the drift of rounding, and
         # where the factors are not the last step's own (a sweep, a revival).
-        last = state.get("factors", ())
-        fresh = len(last) != 2 or last[0] is not A or last[1] is not B or it % REFRESH == 0
+        fresh = it % REFRESH == 0 or state.get("A") is not A or state.get("B") is not B
         E = torch.addmm(X, A, B, beta=-1.0, out=residual) if fresh else residual
         R = torch.mul(W, E, out=weighted)
         f0 = inner(R, E)
@@ -138,7 +137,7 @@ def ncg(X, W, A, B, *, alpha=0.0, max_iter=1000, tol=1e-5, sweeps=3, cg_steps=3,
         f = f0 + (((c4 * t + c3) * t + c2) * t + c1) * t
         A, B = A + t * DA, B + t * DB
         residual.add_(E1, alpha=t).add_(E2, alpha=t * t)
-        state["factors"] = (A, B)
+        state.update(A=A, B=B)
         # Where the step removes nearly all of f0, the sum cancels and rounding
         # would dominate: the driver computes the objective afresh.
         return (A, B, f) if f > 1e-3 * f0 else (A, B)
