@@ -310,10 +310,13 @@ def _top_singular_pairs(G, r: int, above: float):
         shifted = torch.diag_embed(gram.new_full((len(gram),), above * above)) - gram
         if int(torch.linalg.cholesky_ex(shifted).info) == 0:
             return G.new_zeros(G.shape[0], 0), G.new_zeros(0, G.shape[1])
-    squares, vectors = torch.linalg.eigh(gram)
+    # The directions need not be exact (the caller computes their gains): in the
+    # dtype of G, where float32 halves the eigendecomposition's cost.
+    squares, vectors = torch.linalg.eigh(gram.to(G.dtype))
     n = min(r, int((squares > above * above).sum()))
-    U = vectors.flip(1)[:, :n]
-    V = (U.T @ M) / squares.flip(0)[:n, None].sqrt()
+    U = vectors.flip(1)[:, :n].double()
+    V = U.T @ M
+    V = V / torch.linalg.vector_norm(V, dim=1, keepdim=True).clamp_min(tiny(V.dtype))
     if G.shape[0] > G.shape[1]:
         U, V = V.T, U.T
     return U.to(G.dtype), V.to(G.dtype)
