@@ -188,7 +188,10 @@ def alpha_path(
     fit under the same penalty (under uniform weights the two are equal: both
     soft-threshold the same singular values). Where a lower rank scores better
     than the fit itself, a second path at that rank, on the same folds, settles
-    it: the rank whose path scores better is ``best_rank``. A lower rank with a
+    it: the rank whose path scores better is ``best_rank``. (Down to the first
+    penalty at which a fit keeps more than that rank's components, the ridge
+    having removed the others, the two paths make the same fits: the second
+    takes those as they are and goes on from there.) A lower rank with a
     smaller penalty shrinks what it keeps less, which predicts better where the
     data are a low-rank matrix plus noise; on the completion benchmark it
     lowered the error on the missing entries in four cases of eight, by up to
@@ -252,7 +255,8 @@ def alpha_path(
         ``"rank_scores"`` of shape (n_alphas, n_components), the mean score of
         each fit truncated to each rank, and, where a second path ran,
         ``"rank_path"``: its ``"rank"`` and its own ``"alphas"``,
-        ``"test_scores"`` and ``"mean_test_score"``.
+        ``"test_scores"`` and ``"mean_test_score"`` (the fits it shares with
+        the first path included).
 
     Examples
     --------
@@ -301,7 +305,8 @@ def alpha_path(
     if any(not np.any(fold == f) for f in range(n_folds)):
         raise ValueError(f"Too few observed entries for n_folds={n_folds}: a fold is empty.")
     folds = [fold == f for f in range(min(n_folds, max_folds or n_folds))]
-    path = _path(estimator, prefix, X, W, alphas, folds, patience, select_rank)
+    seeds = {}
+    path = _path(estimator, prefix, X, W, alphas, folds, patience, select_rank, seeds)
     path["best_rank"] = _last_step(estimator).n_components
     if select_rank:
         by_rank = path["rank_scores"].max(axis=0)
@@ -310,7 +315,7 @@ def alpha_path(
         # rank-k fit that leaves components unused equals its truncation, up to rounding).
         if by_rank[rank - 1] - path["best_score"] > 1e-9 * abs(path["best_score"]):
             lower = clone(estimator).set_params(**{f"{prefix}n_components": rank})
-            other = _path(lower, prefix, X, W, alphas, folds, patience, False)
+            other = _path(lower, prefix, X, W, alphas, folds, patience, False, seeds, rank)
             path["rank_path"] = {"rank": rank} | {
                 key: other[key] for key in ("alphas", "test_scores", "mean_test_score")
             }
@@ -326,25 +331,44 @@ def alpha_path(
     return path
 
 
-def _path(estimator, prefix, X, W, alphas, folds, patience, truncations):
-    """Scores of every penalty (and, with ``truncations``, of every rank) on hidden ``folds``."""
+def _path(estimator, prefix, X, W, alphas, folds, patience, truncations, seeds, rank=None):
+    """Scores of every penalty (and, with ``truncations``, of every rank) on hidden ``folds``.
+
+    With ``truncations``, ``seeds`` is filled for a later path at a lower rank:
+    for each rank ``q``, the last penalty up to which no fit had more than ``q``
+    components (the others vanished under the ridge), its scores and its fits.
+    Up to that penalty a path at a rank ``r >= q`` makes the same fits (each has
+    room for all its components): given ``seeds`` and ``rank``, this path takes
+    those of the largest ``q <= rank`` as they are and goes on from their fits.
+    """
     inits = [_last_step(estimator).init] * len(folds)
-    scores, ranked = [], []
-    for alpha in alphas:
-        row, row_ranked = [], []
+    scores, ranked, most = [], [], 0
+    seed = max((q for q in seeds if q <= rank), default=None) if rank else None
+    if seed is not None:
+        scores, fits = seeds[seed]
+        scores = [list(row) for row in scores]
+        inits = [(_pad(A, rank, 1), _pad(B, rank, 0)) for A, B in fits]
+    for alpha in alphas[len(scores) :]:
+        row, row_ranked, fits = [], [], []
         for f, hidden in enumerate(folds):
             W_f = np.where(hidden, 0.0, W)
             model = clone(estimator).set_params(
                 **{f"{prefix}alpha": alpha, f"{prefix}init": inits[f]}
             )
             Z = model.fit_transform(np.where(hidden, np.nan, X), **{f"{prefix}sample_weight": W_f})
-            inits[f] = (Z, _last_step(model).components_)
-            score, truncated = _score(model, prefix, X, W, hidden, Z, truncations)
+            components = _last_step(model).components_
+            inits[f] = (Z, components)
+            U, V = _components(Z, components) if truncations else (None, None)
+            score, truncated = _score(model, prefix, X, W, hidden, Z, U, V)
             row.append(score)
             row_ranked.append(truncated)
+            fits.append((U, V))
         scores.append(row)
         if truncations:
             ranked.append(np.mean(row_ranked, axis=0))
+            most = max(most, *(_rank(U, components.dtype) for U, _ in fits))
+            if most < U.shape[1]:
+                seeds[most] = (np.array(scores), [(U[:, :most], V[:, :most].T) for U, V in fits])
         means = np.mean(scores, axis=1)
         best = int(np.argmax(means))
         # past a real minimum of the error (not the flat start of zero fits)
@@ -365,19 +389,33 @@ def _path(estimator, prefix, X, W, alphas, folds, patience, truncations):
     return path
 
 
+def _rank(U, dtype) -> int:
+    """Components the ridge left in a fit ``U V^T``: those above the rounding of its dtype."""
+    size = np.linalg.norm(U, axis=0)
+    return int((size > np.finfo(dtype).eps ** 0.5 * size.max()).sum())
+
+
+def _pad(F, k, axis):
+    """``F`` with zeros appended along ``axis`` up to ``k`` (components the ridge removed)."""
+    missing = [(0, 0), (0, 0)]
+    missing[axis] = (0, k - F.shape[axis])
+    return np.pad(F, missing)
+
+
 # Steps that map each column by ``x -> a x + b``: truncations are scored at the hidden
 # entries alone behind them.
 _AFFINE_STEPS = (StandardScaler, MinMaxScaler, MaxAbsScaler, RobustScaler)
 
 
-def _score(model, prefix, X, W, hidden, Z, truncations):
+def _score(model, prefix, X, W, hidden, Z, U=None, V=None):
     """Score of a fit on the ``hidden`` entries (and of its truncations to every rank).
 
     The score is ``-sum W_h (X - L)**2 / sum W_h``, with ``L`` mapped back through
-    the pipeline's steps. The truncations ``L_r`` are the fit's ``r`` largest
-    singular components, scored at the hidden entries alone where every step
-    before the estimator is a scaler (``x -> a x + b`` per column; ``a`` and
-    ``b`` read off by mapping back zeros and ones), and whole otherwise.
+    the pipeline's steps. Given the fit's singular components ``L = U V^T``
+    (:func:`_components`), its truncations ``L_r`` to the ``r`` largest are
+    scored too: at the hidden entries alone where every step before the
+    estimator is a scaler (``x -> a x + b`` per column; ``a`` and ``b`` read off
+    by mapping back zeros and ones), and whole otherwise.
     """
     fitted = _last_step(model)
     head = model[:-1].inverse_transform if prefix else (lambda M: M)
@@ -387,9 +425,8 @@ def _score(model, prefix, X, W, hidden, Z, truncations):
         return -(w[:, None] * np.square(x - P)).sum(axis=0) / w.sum()
 
     best = float(score(head(fitted.inverse_transform(Z))[hidden][:, None])[0])
-    if not truncations:
+    if U is None:
         return best, None
-    U, V = _components(Z, fitted.components_)
     steps = [step for _, step in model.steps[:-1]] if prefix else []
     if all(step in (None, "passthrough") or isinstance(step, _AFFINE_STEPS) for step in steps):
         shift = head(np.zeros((1, X.shape[1])))[0]

@@ -362,6 +362,23 @@ def test_choosing_the_rank_finds_the_truth_s_and_predicts_better():
     assert errors[1] < 0.9 * errors[0]
 
 
+def test_the_rank_path_goes_on_from_the_fits_that_had_room_for_their_components():
+    # Along the rank-12 path the first fits keep at most 3 components: a rank-3 path
+    # makes the same fits there, so the second path of select_rank takes them as they
+    # are and goes on from the last; from there on it is the rank-3 path itself.
+    X, W, _ = noisy_completion(observed=0.5, noise=0.5)
+    est = WeightedTruncatedSVD(12, tol=1e-10, max_iter=3000, random_state=0, dtype="float64")
+    chosen = alpha_path(est, X, W, patience=None, select_rank=True)
+    rank_path = chosen["rank_path"]
+    assert rank_path["rank"] == 3
+    full = alpha_path(clone(est).set_params(n_components=3), X, W, patience=None)
+    taken = np.all(rank_path["test_scores"] == chosen["test_scores"], axis=1)
+    shared = int(np.argmin(taken))  # the leading penalties whose scores are copied
+    assert shared >= 2 and not taken[shared:].any()
+    # the same fits, to the solvers' accuracy on these slowly converging ridge problems
+    np.testing.assert_allclose(rank_path["test_scores"], full["test_scores"], rtol=1e-5)
+
+
 def test_choosing_the_rank_keeps_the_full_rank_where_it_predicts_best():
     # A matrix of full rank with a slowly decaying spectrum: nothing to cut.
     rng = np.random.default_rng(3)
