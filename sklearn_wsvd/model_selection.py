@@ -7,8 +7,8 @@ prediction, and neither of which lets a hidden entry reach a fit:
   sees every row with one fold of its entries hidden, the way a completion sees
   its missing entries, along a warm-started path of decreasing penalties. The
   recommended way: on the completion benchmark it chose better than a grid
-  search over the same penalties in four cases of eight and worse in two, in 7.5
-  to 37 times less time; with ``select_rank=True`` it chooses the rank too.
+  search over the same penalties in four cases of eight and worse in two, in 7.8
+  to 31 times less time; with ``select_rank=True`` it chooses the rank too.
 - :class:`HiddenEntryScorer` works with scikit-learn's own searches
   (:class:`~sklearn.model_selection.GridSearchCV`, metadata routing), whose
   splitters split rows: it takes the rows of a test fold (which the model never
@@ -195,7 +195,7 @@ def alpha_path(
     smaller penalty shrinks what it keeps less, which predicts better where the
     data are a low-rank matrix plus noise; on the completion benchmark it
     lowered the error on the missing entries in four cases of eight, by up to
-    39%, and raised it in one, by 0.8%, for about twice the time.
+    39%, and raised it in one, by 0.8%, for 1.1 to 1.9 times the time.
 
     Parameters
     ----------
@@ -229,7 +229,7 @@ def alpha_path(
         ``1 / n_folds`` share of the entries once: on the eight problems of
         ``benchmarks/bench_completion.py`` it chose the penalty that five folds
         chose in seven and, in the eighth, one whose error on the truly missing
-        entries was 0.5% higher, in 0.14 to 0.24 times the time.
+        entries was 0.5% higher, in 0.14 to 0.21 times the time.
     patience : int or None, default=3
         Stop the path once the mean score has not improved on its best for this
         many penalties in a row (the error rises again as the penalty falls past
@@ -341,7 +341,7 @@ def _path(estimator, prefix, X, W, alphas, folds, patience, truncations, seeds, 
     room for all its components): given ``seeds`` and ``rank``, this path takes
     those of the largest ``q <= rank`` as they are and goes on from their fits.
     """
-    inits = [_last_step(estimator).init] * len(folds)
+    k, inits = _last_step(estimator).n_components, [_last_step(estimator).init] * len(folds)
     scores, ranked, most = [], [], 0
     seed = max((q for q in seeds if q <= rank), default=None) if rank else None
     if seed is not None:
@@ -366,9 +366,11 @@ def _path(estimator, prefix, X, W, alphas, folds, patience, truncations, seeds, 
         scores.append(row)
         if truncations:
             ranked.append(np.mean(row_ranked, axis=0))
-            most = max(most, *(_rank(U, components.dtype) for U, _ in fits))
-            if most < U.shape[1]:
-                seeds[most] = (np.array(scores), [(U[:, :most], V[:, :most].T) for U, V in fits])
+            dtype = components.dtype
+            most = max(most, *(_rank(U, dtype) for U, _ in fits))
+            if most < k:  # in the fit's dtype: a start needs no more
+                starts = [(U[:, :most].astype(dtype), V[:, :most].T.astype(dtype)) for U, V in fits]
+                seeds[most] = (np.array(scores), starts)
         means = np.mean(scores, axis=1)
         best = int(np.argmax(means))
         # past a real minimum of the error (not the flat start of zero fits)
