@@ -518,17 +518,18 @@ def test_complete_rank_under_a_ridge_adds_only_the_directions_that_lower_the_obj
 
 
 @pytest.mark.parametrize("shape", [(30, 50), (50, 30)])
-def test_top_singular_pairs_are_the_exact_ones_above_the_threshold(rng, shape):
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_top_singular_pairs_are_the_exact_ones_above_the_threshold(rng, shape, dtype, atol):
     G = torch.as_tensor(rng.normal(size=shape))
     U, s, Vt = torch.linalg.svd(G, full_matrices=False)
     above = float(s[4] + s[5]) / 2
     for r, n in ((8, 5), (3, 3)):
-        Up, Vp = _common._top_singular_pairs(G, r, above)
-        assert Up.shape == (shape[0], n) and Vp.shape == (n, shape[1])
-        # singular vectors up to sign
-        signs = torch.sign((Up * U[:, :n]).sum(0))
-        torch.testing.assert_close(Up * signs, U[:, :n], rtol=0, atol=1e-10)
-        torch.testing.assert_close(Vp * signs[:, None], Vt[:n], rtol=0, atol=1e-10)
+        Up, Vp = _common._top_singular_pairs(G.to(dtype), r, above)
+        assert Up.shape == (shape[0], n) and Vp.shape == (n, shape[1]) and Up.dtype == dtype
+        # unit singular vectors up to sign (float32's eigenvectors, to its rounding)
+        signs = torch.sign((Up.double() * U[:, :n]).sum(0))
+        torch.testing.assert_close(Up.double() * signs, U[:, :n], rtol=0, atol=atol)
+        torch.testing.assert_close(Vp.double() * signs[:, None], Vt[:n], rtol=0, atol=atol)
     Up, Vp = _common._top_singular_pairs(G, 8, float(s[0]) * 1.01)
     assert Up.shape == (shape[0], 0) and Vp.shape == (0, shape[1])
 

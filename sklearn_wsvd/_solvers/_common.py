@@ -296,13 +296,14 @@ def revive(X, W, A, B, alpha: float, f: float, tol: float):
 def _top_singular_pairs(G, r: int, above: float):
     """Unit singular pairs ``U, V`` of ``G`` whose values exceed ``above``, at most ``r`` of them.
 
-    From the eigendecomposition of the Gram matrix of the smaller side, in
-    float64: exact enough to tell which singular values exceed ``above`` (their
-    squares are accurate to about 1e-16 of the largest), and several times
-    cheaper than LAPACK's SVD. Where ``above > 0``, a Cholesky factorisation of
+    From the Gram matrix of the smaller side, in float64, several times cheaper
+    than LAPACK's SVD. Where ``above > 0``, a Cholesky factorisation of
     ``above**2 I - gram`` comes first: it exists only where no singular value
-    exceeds ``above`` (a converged fit), which it certifies for a small part of
-    the eigendecomposition's cost.
+    exceeds ``above`` (a converged fit), which it certifies exactly enough (the
+    squares are accurate to about 1e-16 of the largest) for a small part of an
+    eigendecomposition's cost. Otherwise the eigenvectors give the pairs; they
+    need not be exact (the caller computes each pair's gain), so the
+    eigendecomposition runs in ``G``'s dtype, where float32 halves its cost.
     """
     M = G.double() if G.shape[0] <= G.shape[1] else G.T.double()
     gram = M @ M.T
@@ -310,8 +311,6 @@ def _top_singular_pairs(G, r: int, above: float):
         shifted = torch.diag_embed(gram.new_full((len(gram),), above * above)) - gram
         if int(torch.linalg.cholesky_ex(shifted).info) == 0:
             return G.new_zeros(G.shape[0], 0), G.new_zeros(0, G.shape[1])
-    # The directions need not be exact (the caller computes their gains): in the
-    # dtype of G, where float32 halves the eigendecomposition's cost.
     squares, vectors = torch.linalg.eigh(gram.to(G.dtype))
     n = min(r, int((squares > above * above).sum()))
     U = vectors.flip(1)[:, :n].double()
