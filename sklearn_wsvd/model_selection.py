@@ -341,12 +341,12 @@ def _path(estimator, prefix, X, W, alphas, folds, patience, truncations, seeds, 
     room for all its components): given ``seeds`` and ``rank``, this path takes
     those of the largest ``q <= rank`` as they are and goes on from their fits.
     """
-    k, inits = _last_step(estimator).n_components, [_last_step(estimator).init] * len(folds)
+    last = _last_step(estimator)
+    k, inits = last.n_components, [last.init] * len(folds)
     scores, ranked, most = [], [], 0
     seed = max((q for q in seeds if q <= rank), default=None) if rank else None
     if seed is not None:
-        scores, fits = seeds[seed]
-        scores = [list(row) for row in scores]
+        scores, fits = list(seeds[seed][0]), seeds[seed][1]
         inits = [(_pad(A, rank, 1), _pad(B, rank, 0)) for A, B in fits]
     for alpha in alphas[len(scores) :]:
         row, row_ranked, fits = [], [], []
@@ -362,7 +362,8 @@ def _path(estimator, prefix, X, W, alphas, folds, patience, truncations, seeds, 
             score, truncated = _score(model, prefix, X, W, hidden, Z, U, V)
             row.append(score)
             row_ranked.append(truncated)
-            fits.append((U, V))
+            if truncations:
+                fits.append((U, V))
         scores.append(row)
         if truncations:
             ranked.append(np.mean(row_ranked, axis=0))
@@ -370,7 +371,7 @@ def _path(estimator, prefix, X, W, alphas, folds, patience, truncations, seeds, 
             most = max(most, *(_rank(U, dtype) for U, _ in fits))
             if most < k:  # in the fit's dtype: a start needs no more
                 starts = [(U[:, :most].astype(dtype), V[:, :most].T.astype(dtype)) for U, V in fits]
-                seeds[most] = (np.array(scores), starts)
+                seeds[most] = (list(scores), starts)
         means = np.mean(scores, axis=1)
         best = int(np.argmax(means))
         # past a real minimum of the error (not the flat start of zero fits)
