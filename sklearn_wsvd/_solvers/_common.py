@@ -276,7 +276,10 @@ def revive(X, W, A, B, alpha: float, f: float, tol: float):
             V = V / torch.linalg.vector_norm(V, dim=1, keepdim=True).clamp_min(tiny(V.dtype))
         gain = (U * (G @ V.T)).sum(0) - alpha  # u_i^T G v_i - alpha
         curvature = (U.square().T @ W * V.square()).sum(1)  # sum W (u_i v_i^T)^2
-        keep = (gain > 0) & (curvature > 0)
+        # A gain within rounding of zero (a singular value of G equal to alpha: one
+        # that a fit shrank to the ridge) is none.
+        top = float((gain + alpha).abs().max()) if len(gain) else 0.0
+        keep = (gain > torch.finfo(G.dtype).eps * max(G.shape) * top) & (curvature > 0)
         if keep.any():
             break
     else:
