@@ -248,6 +248,30 @@ def test_ncg_carried_residual_matches_a_fresh_one(rng, monkeypatch, alpha):
     assert np.max(np.abs(seen)) <= 1e-10 * carried.objective[-1]
 
 
+def test_ncg_line_search_finds_the_quartics_lowest_point(rng):
+    # ncg minimises f(t) = c4 t^4 + c3 t^3 + c2 t^2 + c1 t along each direction by
+    # Cardano's formulas: its t must be as low as the best real root of f' found
+    # by numpy (eigenvalues of the companion matrix), over coefficients of every
+    # scale, with one, two or three real critical points, and a parabola (c4 = 0).
+    ncg = importlib.import_module("sklearn_wsvd._solvers.ncg")
+
+    def value(c, t):
+        return ((c[0] * t + c[1]) * t + c[2]) * t * t + c[3] * t
+
+    for _ in range(3000):
+        c4, c3, c2, c1 = rng.normal(size=4) * 10.0 ** rng.uniform(-6, 6, size=4)
+        c4 = abs(c4) if rng.uniform() > 0.1 else 0.0
+        c3 = c3 if c4 > 0 else 0.0  # c4 = sum W E2^2 = 0 makes c3 = 2 sum W E1 E2 = 0
+        coefficients = [4 * c4, 3 * c3, 2 * c2, c1] if c4 > 0 else [2 * c2, c1]
+        roots = [r.real for r in np.roots(coefficients) if abs(r.imag) <= 1e-9 * abs(r)]
+        best = min([0.0] + [value((c4, c3, c2, c1), r) for r in roots])
+        found = value((c4, c3, c2, c1), ncg._minimise_quartic(c4, c3, c2, c1))
+        assert found <= best + 1e-9 * abs(best)
+    assert ncg._minimise_quartic(1.0, 0.0, -2.0, 0.0) in (-1.0, 1.0)  # f' = 4t(t^2 - 1)
+    assert ncg._minimise_quartic(1.0, 0.0, 1.0, 0.0) == 0.0  # nothing below f(0)
+    assert ncg._minimise_quartic(0.0, 0.0, 2.0, -4.0) == 1.0  # a parabola
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("solver", ALL)
 def test_cpu_and_device_agree(rng, device, solver):

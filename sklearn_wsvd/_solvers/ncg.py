@@ -11,13 +11,14 @@ model of the weights, ``W ~ a b^T``: with ``B`` fixed the block of row ``i`` of
 ``A`` is ``a_i B diag(b) B^T + alpha I`` (exact for rank-one weights), one
 k x k eigendecomposition for all rows, and likewise for the columns of ``B``.
 A step costs five products of O(m n k), under a third of an ``"als-cg"`` sweep, and
-knows the objective and the residual at its new point (``E + t E1 + t^2 E2``),
-which the next step starts from.
+some twenty passes over the matrix; it knows the objective and the residual at its
+new point (``E + t E1 + t^2 E2``), which the next step starts from.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import math
+
 import torch
 
 from ._common import iterate, rounding_ridge, tiny, workspace
@@ -28,36 +29,57 @@ from .closed_form import rank_one_approximation
 REFRESH = 16
 
 
-def _block_preconditioner(F, weight, other, alpha):
-    """``G -> rows of (weight_i F diag(other) F^T + (alpha + lam_i) I)^{-1} g_i``.
+def _block_inverse(F, other, weight, alpha, rows: bool):
+    """Denominators and eigenvectors of the rank-one model's Hessian blocks of one factor.
 
-    The Hessian block of row ``i`` of one factor under the rank-one weights
-    ``weight other^T``, with ``F`` (k x n) the other factor and ``lam_i`` the
-    rounding-level ridge; one eigendecomposition of ``F diag(other) F^T`` serves
-    every row.
+    The block of row ``i`` (``rows``: a row of the factor; else a column) is
+    ``weight_i F diag(other) F^T + (alpha + lam_i) I``, with ``F`` (k x n) the
+    other factor and ``lam_i`` the rounding-level ridge: one eigendecomposition
+    ``V diag(s) V^T`` of ``F diag(other) F^T`` serves every row, whose
+    preconditioned gradient is ``((g V) / d) V^T`` with ``d = weight_i s + alpha
+    + lam_i``. Returns ``d`` (one row per row, or one column per column) and ``V``.
     """
     values, vectors = torch.linalg.eigh((F * other) @ F.T)
     values = values.clamp_min(0.0)
-    lam = rounding_ridge(weight[:, None] * values.sum(), len(values), values.dtype)
-    denominator = (weight[:, None] * values + alpha + lam).clamp_min(tiny(values.dtype))
-
-    def apply(G):
-        return ((G @ vectors) / denominator) @ vectors.T
-
-    return apply
+    values += rounding_ridge(values.sum(), len(values), values.dtype)
+    d = torch.outer(weight, values) if rows else torch.outer(values, weight)
+    return d.add_(alpha).clamp_min_(tiny(values.dtype)), vectors
 
 
 def _minimise_quartic(c4, c3, c2, c1):
-    """The ``t`` minimising ``c4 t^4 + c3 t^3 + c2 t^2 + c1 t`` (0 if nothing is lower)."""
-    roots = np.roots([4 * c4, 3 * c3, 2 * c2, c1]) if c4 > 0 else np.roots([2 * c2, c1])
+    """The ``t`` minimising ``c4 t^4 + c3 t^3 + c2 t^2 + c1 t`` (0 if nothing is lower).
+
+    The candidates are the real roots of the derivative, a cubic solved by
+    Cardano's formulas (or, where ``c4`` vanishes, the vertex of the parabola),
+    each refined by Newton steps: plain Python, a tenth of the cost of
+    ``numpy.roots``, which counts where steps take a millisecond.
+    """
+    candidates = [-c1 / (2.0 * c2)] if c2 > 0 else []
+    if c4 > 0:
+        # t^3 + a t^2 + b t + c = 0, and with t = y - a / 3, y^3 + p y + q = 0
+        a, b, c = 0.75 * c3 / c4, 0.5 * c2 / c4, 0.25 * c1 / c4
+        p, q = b - a * a / 3.0, (2.0 * a * a - 9.0 * b) * a / 27.0 + c
+        disc = 0.25 * q * q + p * p * p / 27.0
+        if disc > 0:  # one real root
+            u = -0.5 * q - math.copysign(math.sqrt(disc), q)
+            u = math.copysign(abs(u) ** (1.0 / 3.0), u)
+            ys = [u - p / (3.0 * u)] if u != 0 else [0.0]
+        else:  # three
+            r = 2.0 * math.sqrt(-p / 3.0)
+            cosine = 3.0 * q / (p * r) if p < 0 else 0.0
+            phi = math.acos(max(-1.0, min(1.0, cosine))) / 3.0
+            ys = [r * math.cos(phi - 2.0 * math.pi * j / 3.0) for j in range(3)]
+        candidates += [y - a / 3.0 for y in ys]
     best_t, best_f = 0.0, 0.0
-    for r in roots:
-        if abs(r.imag) > 1e-8 * max(1.0, abs(r.real)):
-            continue
-        t = float(r.real)
-        value = ((c4 * t + c3) * t + c2) * t * t + c1 * t
-        if value < best_f:
-            best_t, best_f = t, value
+    for t in candidates:
+        for _ in range(3):  # Newton on the derivative, against the formulas' rounding
+            curvature = (12.0 * c4 * t + 6.0 * c3) * t + 2.0 * c2
+            if not curvature > 0:
+                break
+            t -= (((4.0 * c4 * t + 3.0 * c3) * t + 2.0 * c2) * t + c1) / curvature
+        f = ((c4 * t + c3) * t + c2) * t * t + c1 * t
+        if math.isfinite(f) and f < best_f:
+            best_t, best_f = t, f
     return best_t
 
 
@@ -71,18 +93,22 @@ def ncg(X, W, A, B, *, alpha=0.0, max_iter=1000, tol=1e-5, sweeps=3, cg_steps=3,
     that start the joint steps converge faster than alternation, which zigzags.
 
     Every matrix-sized temporary lives in four buffers allocated once
-    (:func:`~sklearn_wsvd._solvers._common.workspace`), and each sum over the
-    matrix is taken from a product written into one of them.
+    (:func:`~sklearn_wsvd._solvers._common.workspace`). The line's coefficients
+    are dot products of those buffers (torch's float32 dot is accurate to about
+    1e-5 of a sum of 1e7 terms, which moves a step by as little); the objective,
+    where it is computed rather than carried, is summed as a product written
+    into one of them, to the dtype's accuracy. A step of the small problems of a
+    completion's path, which takes about a millisecond, is mostly the dispatch
+    of torch's operations: the factors, the gradient and the direction are each
+    one vector, whose inner products are one operation each.
     """
     a, b = rank_one_approximation(W)
+    m, k = A.shape
     residual, weighted, second, scratch = workspace(X, 4)
     state = {}
 
-    def inner(P, Q):  # sum(P * Q), accurately (torch's float32 dot of 1e7 terms is not)
-        return float(torch.mul(P, Q, out=scratch).sum())
-
-    def weighted_inner(P, Q):  # sum(W * P * Q)
-        return float(torch.mul(P, Q, out=scratch).mul_(W).sum())
+    def dot(P, Q):  # sum(P * Q) of two of the buffers: only coefficients of the line
+        return float(torch.dot(P.view(-1), Q.view(-1)))
 
     def restart(A, B):
         state.clear()
@@ -90,57 +116,80 @@ def ncg(X, W, A, B, *, alpha=0.0, max_iter=1000, tol=1e-5, sweeps=3, cg_steps=3,
     def step(A, B, it):
         if it <= sweeps:
             return cg_sweep(X, W, A, B, alpha, cg_steps, scratch)
+        # The factors live in one vector P = (A, B), and so do the gradient G, its
+        # preconditioned Z and the direction D: their inner products are single dots.
         # The residual E = A B - X is carried from the last step (E + t E1 + t^2 E2),
-        # and computed afresh every REFRESH steps against the drift of rounding, and
-        # where the factors are not the last step's own (a sweep, a revival).
-        fresh = it % REFRESH == 0 or state.get("A") is not A or state.get("B") is not B
+        # and so is the objective; both are computed afresh every REFRESH steps
+        # against the drift of rounding, and where the factors are not the last
+        # step's own (a sweep, a revival).
+        own = state.get("A") is A and state.get("B") is B
+        fresh = it % REFRESH == 0 or not own
+        P = state["P"] if own else torch.cat([A.reshape(-1), B.reshape(-1)])
         E = torch.addmm(X, A, B, beta=-1.0, out=residual) if fresh else residual
         R = torch.mul(W, E, out=weighted)
-        f0 = inner(R, E)
-        GA, GB = R @ B.T, A.T @ R
+        if fresh or "f" not in state:  # accurately: torch's float32 dot of 1e7 terms is not
+            f0 = float(torch.mul(R, E, out=scratch).sum())
+            if alpha:
+                f0 += alpha * float(torch.dot(P, P))
+        else:
+            f0 = state["f"]
+        G = torch.empty_like(P)
+        GA, GB = G[: m * k].view(m, k), G[m * k :].view(k, -1)
+        torch.mm(R, B.T, out=GA)
+        torch.mm(A.T, R, out=GB)
         if alpha:
-            GA, GB = GA + alpha * A, GB + alpha * B
-            f0 += alpha * float(A.square().sum() + B.square().sum())
+            G.add_(P, alpha=alpha)
         # Each row's share of the block: the rank-one model's a_i, corrected so that
         # the block's trace is the exact one, sum_j W_ij |b_j|^2 (one product W v).
-        nb, na = B.square().sum(0), A.square().sum(1)
-        ra = (W @ nb) / (b @ nb).clamp_min(tiny(W.dtype))
-        rb = (na @ W) / (a @ na).clamp_min(tiny(W.dtype))
-        ZA = _block_preconditioner(B, ra, b, alpha)(GA)
-        ZB = _block_preconditioner(A.T, rb, a, alpha)(GB.T).T
-        gz = float((GA * ZA).sum() + (GB * ZB).sum())
-        if "D" in state and state["gz"] > 0:
-            change = float((GA * (ZA - state["ZA"])).sum() + (GB * (ZB - state["ZB"])).sum())
-            beta = max(0.0, change / state["gz"])
-            DA, DB = -ZA + beta * state["D"][0], -ZB + beta * state["D"][1]
-            if float((GA * DA).sum() + (GB * DB).sum()) >= 0:  # not a descent direction
-                DA, DB = -ZA, -ZB
-        else:
-            DA, DB = -ZA, -ZB
-        state.update(ZA=ZA, ZB=ZB, gz=gz, D=(DA, DB))
+        nb, na = torch.linalg.vecdot(B, B, dim=0), torch.linalg.vecdot(A, A, dim=1)
+        ra = (W @ nb) / max(float(b @ nb), tiny(W.dtype))
+        rb = (na @ W) / max(float(a @ na), tiny(W.dtype))
+        Z = torch.empty_like(P)
+        d, V = _block_inverse(B, b, ra, alpha, rows=True)
+        torch.mm(torch.mm(GA, V).div_(d), V.T, out=Z[: m * k].view(m, k))
+        d, V = _block_inverse(A.T, a, rb, alpha, rows=False)
+        torch.mm(V, torch.mm(V.T, GB).div_(d), out=Z[m * k :].view(k, -1))
+        gz = float(torch.dot(G, Z))
+        D = None
+        if "D" in state and state["gz"] > 0:  # Polak-Ribiere+
+            beta = max(0.0, (gz - float(torch.dot(G, state["Z"]))) / state["gz"])
+            D = state["D"].mul(beta).sub_(Z)
+            gd = float(torch.dot(G, D))
+            if gd >= 0:  # not a descent direction
+                D = None
+        if D is None:
+            D, gd = -Z, -gz
+        state.update(Z=Z, gz=gz, D=D)
+        DA, DB = D[: m * k].view(m, k), D[m * k :].view(k, -1)
         # Along the line the residual is E + t E1 + t^2 E2, with E1 = DA B + A DB and
-        # E2 = DA DB. The gradient gives c1 = 2 sum(W E E1) at the cost of k x k sums.
-        c1 = 2.0 * float((GA * DA).sum() + (GB * DB).sum())
+        # E2 = DA DB. The gradient gives c1 = 2 sum(W E E1) at the cost of a dot.
+        c1 = 2.0 * gd
         E2 = torch.mm(DA, DB, out=second)
-        c2 = 2.0 * inner(R, E2)
+        c2 = 2.0 * dot(R, E2)
         # R is done with: its buffer takes E1 (one product of the stacked factors).
         E1 = torch.mm(torch.cat([DA, A], 1), torch.cat([B, DB], 0), out=weighted)
-        c2 += weighted_inner(E1, E1)
-        c3 = 2.0 * weighted_inner(E1, E2)
-        c4 = weighted_inner(E2, E2)
+        WE = torch.mul(W, E1, out=scratch)
+        c2 += dot(WE, E1)
+        c3 = 2.0 * dot(WE, E2)
+        c4 = dot(torch.mul(W, E2, out=scratch), E2)
         if alpha:
-            c2 += alpha * float(DA.square().sum() + DB.square().sum())
+            c2 += alpha * float(torch.dot(D, D))
         t = _minimise_quartic(c4, c3, c2, c1)
         if t == 0.0:
             state.clear()
             return A, B
         f = f0 + (((c4 * t + c3) * t + c2) * t + c1) * t
-        A, B = A + t * DA, B + t * DB
+        P = torch.add(P, D, alpha=t)
+        A, B = P[: m * k].view(m, k), P[m * k :].view(k, -1)
         residual.add_(E1, alpha=t).add_(E2, alpha=t * t)
-        state.update(A=A, B=B)
+        state.update(A=A, B=B, P=P, f=f)
         # Where the step removes nearly all of f0, the sum cancels and rounding
-        # would dominate: the driver computes the objective afresh.
-        return (A, B, f) if f > 1e-3 * f0 else (A, B)
+        # would dominate: the driver computes the objective afresh (and so does
+        # the next step).
+        if f > 1e-3 * f0:
+            return A, B, f
+        del state["f"]
+        return A, B
 
     return iterate(
         step,
