@@ -348,18 +348,22 @@ def _path(estimator, prefix, X, W, alphas, folds, patience, truncations, seeds, 
     if seed is not None:
         scores, fits = list(seeds[seed][0]), seeds[seed][1]
         inits = [(_pad(A, rank, 1), _pad(B, rank, 0)) for A, B in fits]
+    # what each fold fits and the hidden entries it is scored on, as (rows, columns)
+    data = [
+        (np.where(hidden, np.nan, X), np.where(hidden, 0.0, W), np.nonzero(hidden))
+        for hidden in folds
+    ]
     for alpha in alphas[len(scores) :]:
         row, row_ranked, fits = [], [], []
-        for f, hidden in enumerate(folds):
-            W_f = np.where(hidden, 0.0, W)
+        for f, (X_f, W_f, entries) in enumerate(data):
             model = clone(estimator).set_params(
                 **{f"{prefix}alpha": alpha, f"{prefix}init": inits[f]}
             )
-            Z = model.fit_transform(np.where(hidden, np.nan, X), **{f"{prefix}sample_weight": W_f})
+            Z = model.fit_transform(X_f, **{f"{prefix}sample_weight": W_f})
             components = _last_step(model).components_
             inits[f] = (Z, components)
             U, V = _components(Z, components) if truncations else (None, None)
-            score, truncated = _score(model, prefix, X, W, hidden, Z, U, V)
+            score, truncated = _score(model, prefix, X[entries], W[entries], entries, Z, U, V)
             row.append(score)
             row_ranked.append(truncated)
             if truncations:
@@ -410,37 +414,46 @@ def _pad(F, k, axis):
 _AFFINE_STEPS = (StandardScaler, MinMaxScaler, MaxAbsScaler, RobustScaler)
 
 
-def _score(model, prefix, X, W, hidden, Z, U=None, V=None):
-    """Score of a fit on the ``hidden`` entries (and of its truncations to every rank).
+def _score(model, prefix, x, w, entries, Z, U=None, V=None):
+    """Score of a fit on the hidden entries (and of its truncations to every rank).
 
-    The score is ``-sum W_h (X - L)**2 / sum W_h``, with ``L`` mapped back through
-    the pipeline's steps. Given the fit's singular components ``L = U V^T``
-    (:func:`_components`), its truncations ``L_r`` to the ``r`` largest are
-    scored too: at the hidden entries alone where every step before the
-    estimator is a scaler (``x -> a x + b`` per column; ``a`` and ``b`` read off
-    by mapping back zeros and ones), and whole otherwise.
+    The hidden entries are ``x`` (their data), ``w`` (their weights) and
+    ``entries`` (their rows and columns). The score is ``-sum w (x - L)**2 /
+    sum w``, with ``L`` mapped back through the pipeline's steps. Given the
+    fit's singular components ``L = U V^T`` (:func:`_components`), its
+    truncations ``L_r`` to the ``r`` largest are scored too: at the hidden
+    entries alone where every step before the estimator is a scaler (``x -> c x
+    + s`` per column; ``c`` and ``s`` read off by mapping back zeros and ones),
+    and whole otherwise. At the hidden entries, with ``T_hl = U_il V_jl`` for
+    entry ``h = (i, j)`` and ``e = x - s``, the error of ``L_r`` is
+    ``sum w e^2 - 2 sum_{l<=r} d_l + sum_{l,l'<=r} Q_ll'``, with
+    ``d = T^T (w c e)`` and ``Q = T^T diag(w c^2) T``: one product for every
+    rank, by torch (not numpy's BLAS: see :func:`_spectral_norm`).
     """
     fitted = _last_step(model)
     head = model[:-1].inverse_transform if prefix else (lambda M: M)
-    x, w = X[hidden][:, None], W[hidden]
-
-    def score(P):  # each column of P: a prediction of the hidden entries (no numpy BLAS)
-        return -(w[:, None] * np.square(x - P)).sum(axis=0) / w.sum()
-
-    best = float(score(head(fitted.inverse_transform(Z))[hidden][:, None])[0])
+    rows, cols = entries
+    total = w.sum()
+    best = -float((w * np.square(x - head(fitted.inverse_transform(Z))[rows, cols])).sum() / total)
     if U is None:
         return best, None
     steps = [step for _, step in model.steps[:-1]] if prefix else []
     if all(step in (None, "passthrough") or isinstance(step, _AFFINE_STEPS) for step in steps):
-        shift = head(np.zeros((1, X.shape[1])))[0]
-        scale = head(np.ones((1, X.shape[1])))[0] - shift
-        rows, cols = np.nonzero(hidden)  # in the order of X[hidden]
-        parts = np.cumsum(U[rows] * V[cols], axis=1) * scale[cols, None] + shift[cols, None]
-        return best, score(parts)
+        shift = head(np.zeros((1, len(V))))[0]
+        scale = head(np.ones((1, len(V))))[0] - shift
+        e, c = torch.from_numpy(x - shift[cols]), torch.from_numpy(w * scale[cols])
+        T = (
+            torch.from_numpy(U)[torch.from_numpy(rows)]
+            * torch.from_numpy(V)[torch.from_numpy(cols)]
+        )
+        d, Q = (c * e) @ T, T.T @ (T * (c * torch.from_numpy(scale[cols]))[:, None])
+        error = float((w * np.square(x - shift[cols])).sum()) - 2 * d.cumsum(0)
+        error += Q.cumsum(0).cumsum(1).diagonal()
+        return best, -error.numpy() / total
     L, scores = np.zeros((U.shape[0], V.shape[0])), []
     for r in range(U.shape[1]):
         L += np.outer(U[:, r], V[:, r])
-        scores.append(score(head(L)[hidden][:, None])[0])
+        scores.append(-float((w * np.square(x - head(L)[rows, cols])).sum() / total))
     return best, np.array(scores)
 
 
