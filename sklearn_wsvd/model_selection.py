@@ -348,22 +348,23 @@ def _path(estimator, prefix, X, W, alphas, folds, patience, truncations, seeds, 
     if seed is not None:
         scores, fits = list(seeds[seed][0]), seeds[seed][1]
         inits = [(_pad(A, rank, 1), _pad(B, rank, 0)) for A, B in fits]
-    # what each fold fits and the hidden entries it is scored on, as (rows, columns)
-    data = [
-        (np.where(hidden, np.nan, X), np.where(hidden, 0.0, W), np.nonzero(hidden))
-        for hidden in folds
-    ]
+    # What each fold fits, and the hidden entries it is scored on as (rows, columns).
+    # The pipeline's steps before the estimator do not depend on the penalty: each
+    # fold fits them once (its own fit would at every penalty), and every penalty
+    # fits the estimator alone to what they make of the fold.
+    data = []
+    for hidden in folds:
+        X_f, W_f = np.where(hidden, np.nan, X), np.where(hidden, 0.0, W)
+        head = clone(estimator[:-1]) if prefix else None
+        data.append((head.fit_transform(X_f) if prefix else X_f, W_f, head, np.nonzero(hidden)))
     for alpha in alphas[len(scores) :]:
         row, row_ranked, fits = [], [], []
-        for f, (X_f, W_f, entries) in enumerate(data):
-            model = clone(estimator).set_params(
-                **{f"{prefix}alpha": alpha, f"{prefix}init": inits[f]}
-            )
-            Z = model.fit_transform(X_f, **{f"{prefix}sample_weight": W_f})
-            components = _last_step(model).components_
-            inits[f] = (Z, components)
-            U, V = _components(Z, components) if truncations else (None, None)
-            score, truncated = _score(model, prefix, X[entries], W[entries], entries, Z, U, V)
+        for f, (X_f, W_f, head, entries) in enumerate(data):
+            model = clone(last).set_params(alpha=alpha, init=inits[f])
+            Z = model.fit_transform(X_f, sample_weight=W_f)
+            inits[f] = (Z, model.components_)
+            U, V = _components(Z, model.components_) if truncations else (None, None)
+            score, truncated = _score(head, model, X[entries], W[entries], entries, Z, U, V)
             row.append(score)
             row_ranked.append(truncated)
             if truncations:
@@ -371,7 +372,7 @@ def _path(estimator, prefix, X, W, alphas, folds, patience, truncations, seeds, 
         scores.append(row)
         if truncations:
             ranked.append(np.mean(row_ranked, axis=0))
-            dtype = components.dtype
+            dtype = model.components_.dtype
             most = max(most, *(_rank(U, dtype) for U, _ in fits))
             if most < k:  # in the fit's dtype: a start needs no more
                 starts = [(U[:, :most].astype(dtype), V[:, :most].T.astype(dtype)) for U, V in fits]
@@ -414,33 +415,34 @@ def _pad(F, k, axis):
 _AFFINE_STEPS = (StandardScaler, MinMaxScaler, MaxAbsScaler, RobustScaler)
 
 
-def _score(model, prefix, x, w, entries, Z, U=None, V=None):
+def _score(head, fitted, x, w, entries, Z, U=None, V=None):
     """Score of a fit on the hidden entries (and of its truncations to every rank).
 
-    The hidden entries are ``x`` (their data), ``w`` (their weights) and
+    ``fitted`` is the estimator fitted to what the pipeline's ``head`` (its steps
+    before the estimator; None without a pipeline) makes of the data; the
+    hidden entries are ``x`` (their data), ``w`` (their weights) and
     ``entries`` (their rows and columns). The score is ``-sum w (x - L)**2 /
-    sum w``, with ``L`` mapped back through the pipeline's steps. Given the
-    fit's singular components ``L = U V^T`` (:func:`_components`), its
-    truncations ``L_r`` to the ``r`` largest are scored too: at the hidden
-    entries alone where every step before the estimator is a scaler (``x -> c x
-    + s`` per column; ``c`` and ``s`` read off by mapping back zeros and ones),
-    and whole otherwise. At the hidden entries, with ``T_hl = U_il V_jl`` for
-    entry ``h = (i, j)`` and ``e = x - s``, the error of ``L_r`` is
-    ``sum w e^2 - 2 sum_{l<=r} d_l + sum_{l,l'<=r} Q_ll'``, with
-    ``d = T^T (w c e)`` and ``Q = T^T diag(w c^2) T``: one product for every
-    rank, by torch (not numpy's BLAS: see :func:`_spectral_norm`).
+    sum w``, with ``L`` mapped back through the head. Given the fit's singular
+    components ``L = U V^T`` (:func:`_components`), its truncations ``L_r`` to
+    the ``r`` largest are scored too: at the hidden entries alone where every
+    step of the head is a scaler (``x -> c x + s`` per column; ``c`` and ``s``
+    read off by mapping back zeros and ones), and whole otherwise. At the hidden
+    entries, with ``T_hl = U_il V_jl`` for entry ``h = (i, j)`` and ``e = x -
+    s``, the error of ``L_r`` is ``sum w e^2 - 2 sum_{l<=r} d_l + sum_{l,l'<=r}
+    Q_ll'``, with ``d = T^T (w c e)`` and ``Q = T^T diag(w c^2) T``: one product
+    for every rank, by torch (not numpy's BLAS: see :func:`_spectral_norm`).
+    The last, ``L_k``, is the fit itself.
     """
-    fitted = _last_step(model)
-    head = model[:-1].inverse_transform if prefix else (lambda M: M)
+    back = (lambda M: M) if head is None else head.inverse_transform
     rows, cols = entries
     total = w.sum()
-    best = -float((w * np.square(x - head(fitted.inverse_transform(Z))[rows, cols])).sum() / total)
     if U is None:
-        return best, None
-    steps = [step for _, step in model.steps[:-1]] if prefix else []
+        L = back(fitted.inverse_transform(Z))[rows, cols]
+        return -float((w * np.square(x - L)).sum() / total), None
+    steps = [] if head is None else [step for _, step in head.steps]
     if all(step in (None, "passthrough") or isinstance(step, _AFFINE_STEPS) for step in steps):
-        shift = head(np.zeros((1, len(V))))[0]
-        scale = head(np.ones((1, len(V))))[0] - shift
+        shift = back(np.zeros((1, len(V))))[0]
+        scale = back(np.ones((1, len(V))))[0] - shift
         e, c = torch.from_numpy(x - shift[cols]), torch.from_numpy(w * scale[cols])
         T = (
             torch.from_numpy(U)[torch.from_numpy(rows)]
@@ -449,12 +451,13 @@ def _score(model, prefix, x, w, entries, Z, U=None, V=None):
         d, Q = (c * e) @ T, T.T @ (T * (c * torch.from_numpy(scale[cols]))[:, None])
         error = float((w * np.square(x - shift[cols])).sum()) - 2 * d.cumsum(0)
         error += Q.cumsum(0).cumsum(1).diagonal()
-        return best, -error.numpy() / total
-    L, scores = np.zeros((U.shape[0], V.shape[0])), []
-    for r in range(U.shape[1]):
-        L += np.outer(U[:, r], V[:, r])
-        scores.append(-float((w * np.square(x - head(L)[rows, cols])).sum() / total))
-    return best, np.array(scores)
+        scores = -error.numpy() / total
+    else:
+        L, scores = np.zeros((U.shape[0], V.shape[0])), []
+        for r in range(U.shape[1]):
+            L += np.outer(U[:, r], V[:, r])
+            scores.append(-float((w * np.square(x - back(L)[rows, cols])).sum() / total))
+    return float(scores[-1]), np.asarray(scores)
 
 
 def _last_step(model):

@@ -297,9 +297,13 @@ def _truncated_scores(est, X, W, hidden, alpha, head=None):
 
 
 class _CountingScaler(StandardScaler):
-    """Counts the matrices mapped back through it."""
+    """Counts the matrices mapped back through it, and its fits."""
 
-    calls = 0
+    calls = fits = 0
+
+    def fit(self, X, y=None, sample_weight=None):
+        type(self).fits += 1
+        return super().fit(X, y, sample_weight)
 
     def inverse_transform(self, X, copy=None):
         type(self).calls += 1
@@ -320,14 +324,17 @@ def test_the_path_scores_every_fit_truncated_to_every_rank(head, max_folds):
     est = WeightedTruncatedSVD(8, tol=1e-10, max_iter=3000, random_state=0, dtype="float64")
     model = est if head is None else make_pipeline(head, est)
     alphas = [20.0, 12.0]  # optima of rank 2 to 5, below k: one optimum, warm or cold
-    _CountingScaler.calls = 0
+    _CountingScaler.calls = _CountingScaler.fits = 0
     path = alpha_path(
         model, X, W, alphas=alphas, patience=None, max_folds=max_folds, select_rank=True
     )
-    if isinstance(head, _CountingScaler):  # per fit: the fit, zeros and ones; no truncation
-        assert _CountingScaler.calls == 3 * len(alphas) + len(
+    if isinstance(head, _CountingScaler):  # per fit: zeros and ones (its own: the last
+        # truncation); a fit without truncations (the second path's), itself
+        assert _CountingScaler.calls == 2 * len(alphas) + len(
             path.get("rank_path", {}).get("alphas", [])
         )
+        # the steps before the estimator are fitted once per fold and path, not per penalty
+        assert _CountingScaler.fits == 1 + ("rank_path" in path)
     folds = [_entry_folds(W, 5) == f for f in range(path["test_scores"].shape[1])]
     assert path["rank_scores"].shape == (2, 8)
     for a, alpha in enumerate(alphas):
