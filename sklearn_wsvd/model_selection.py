@@ -7,8 +7,8 @@ prediction, and neither of which lets a hidden entry reach a fit:
   sees every row with one fold of its entries hidden, the way a completion sees
   its missing entries, along a warm-started path of decreasing penalties. The
   recommended way: on the completion benchmark it chose better than a grid
-  search over the same penalties in four cases of eight and worse in two, in 7.8
-  to 31 times less time; with ``select_rank=True`` it chooses the rank too.
+  search over the same penalties in four cases of eight and worse in two, in 7.5
+  to 34 times less time; with ``select_rank=True`` it chooses the rank too.
 - :class:`HiddenEntryScorer` works with scikit-learn's own searches
   (:class:`~sklearn.model_selection.GridSearchCV`, metadata routing), whose
   splitters split rows: it takes the rows of a test fold (which the model never
@@ -195,7 +195,7 @@ def alpha_path(
     smaller penalty shrinks what it keeps less, which predicts better where the
     data are a low-rank matrix plus noise; on the completion benchmark it
     lowered the error on the missing entries in four cases of eight, by up to
-    39%, and raised it in one, by 0.8%, for 1.1 to 1.9 times the time.
+    39%, and raised it in one, by 0.8%, for 1.4 to 1.8 times the time.
 
     Parameters
     ----------
@@ -229,7 +229,7 @@ def alpha_path(
         ``1 / n_folds`` share of the entries once: on the eight problems of
         ``benchmarks/bench_completion.py`` it chose the penalty that five folds
         chose in seven and, in the eighth, one whose error on the truly missing
-        entries was 0.5% higher, in 0.14 to 0.21 times the time.
+        entries was 0.5% higher, in 0.20 to 0.22 times the time.
     patience : int or None, default=3
         Stop the path once the mean score has not improved on its best for this
         many penalties in a row (the error rises again as the penalty falls past
