@@ -443,12 +443,12 @@ def _score(head, fitted, x, w, entries, Z, U=None, V=None):
     if all(step in (None, "passthrough") or isinstance(step, _AFFINE_STEPS) for step in steps):
         shift = back(np.zeros((1, len(V))))[0]
         scale = back(np.ones((1, len(V))))[0] - shift
-        e, c = torch.from_numpy(x - shift[cols]), torch.from_numpy(w * scale[cols])
+        e, c, wc = (torch.from_numpy(v) for v in (x - shift[cols], scale[cols], w * scale[cols]))
         T = (
             torch.from_numpy(U)[torch.from_numpy(rows)]
             * torch.from_numpy(V)[torch.from_numpy(cols)]
         )
-        d, Q = (c * e) @ T, T.T @ (T * (c * torch.from_numpy(scale[cols]))[:, None])
+        d, Q = (wc * e) @ T, T.T @ (T * (wc * c)[:, None])
         error = float((w * np.square(x - shift[cols])).sum()) - 2 * d.cumsum(0)
         error += Q.cumsum(0).cumsum(1).diagonal()
         scores = -error.numpy() / total
