@@ -248,6 +248,22 @@ def test_ncg_carried_residual_matches_a_fresh_one(rng, monkeypatch, alpha):
     assert np.max(np.abs(seen)) <= 1e-10 * carried.objective[-1]
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_ncg_lagged_preconditioner_reaches_the_exact_ones_optimum(rng, monkeypatch, alpha):
+    # ncg recomputes its preconditioner's eigenvectors every EIGEN_EVERY steps only:
+    # the fit must end where the one that recomputes them at every step does.
+    ncg = importlib.import_module("sklearn_wsvd._solvers.ncg")
+    X = torch.tensor(rng.normal(size=(30, 20)))
+    W = torch.tensor(rng.lognormal(size=X.shape))
+    kw = dict(solver="ncg", alpha=alpha, tol=1e-13, max_iter=3000)
+    lagged = solve(X, W, 4, **kw)
+    monkeypatch.setattr(ncg, "EIGEN_EVERY", 1)
+    exact = solve(X, W, 4, **kw)
+    assert ncg.EIGEN_EVERY == 1 and lagged.converged and exact.converged
+    assert min(lagged.objective) == pytest.approx(min(exact.objective), rel=1e-9)
+    torch.testing.assert_close(lagged.A @ lagged.B, exact.A @ exact.B, rtol=0, atol=1e-5)
+
+
 def test_ncg_line_search_finds_the_quartics_lowest_point(rng):
     # ncg minimises f(t) = c4 t^4 + c3 t^3 + c2 t^2 + c1 t along each direction by
     # Cardano's formulas: its t must be as low as the best real root of f' found
