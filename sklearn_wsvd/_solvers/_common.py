@@ -208,8 +208,9 @@ def iterate(
             f_prev, f = f, out[2] if len(out) == 3 else objective(X, W, A, B, alpha)
             history.append(f * scale)
             seconds.append(time.perf_counter() - start)
-            bar.update()
-            bar.set_postfix(objective=f"{f * scale:.6g}")
+            if verbose:  # even a disabled bar formats its postfix
+                bar.update()
+                bar.set_postfix(objective=f"{f * scale:.6g}")
             if not math.isfinite(f):
                 raise FloatingPointError(
                     f"solver {name!r} diverged (objective {f * scale}) at iteration {it}; "
