@@ -356,7 +356,9 @@ def _path(estimator, prefix, X, W, alphas, folds, patience, truncations, seeds, 
     for hidden in folds:
         X_f, W_f = np.where(hidden, np.nan, X), np.where(hidden, 0.0, W)
         head = clone(estimator[:-1]) if prefix else None
-        data.append((head.fit_transform(X_f) if prefix else X_f, W_f, head, np.nonzero(hidden)))
+        data.append(
+            (X_f if head is None else head.fit_transform(X_f), W_f, head, np.nonzero(hidden))
+        )
     for alpha in alphas[len(scores) :]:
         row, row_ranked, fits = [], [], []
         for f, (X_f, W_f, head, entries) in enumerate(data):
@@ -435,28 +437,31 @@ def _score(head, fitted, x, w, entries, Z, U=None, V=None):
     """
     back = (lambda M: M) if head is None else head.inverse_transform
     rows, cols = entries
-    total = w.sum()
+
+    def score(error):  # of a prediction whose errors at the hidden entries are these
+        return -float((w * np.square(error)).sum() / w.sum())
+
     if U is None:
-        L = back(fitted.inverse_transform(Z))[rows, cols]
-        return -float((w * np.square(x - L)).sum() / total), None
+        return score(x - back(fitted.inverse_transform(Z))[rows, cols]), None
     steps = [] if head is None else [step for _, step in head.steps]
     if all(step in (None, "passthrough") or isinstance(step, _AFFINE_STEPS) for step in steps):
         shift = back(np.zeros((1, len(V))))[0]
         scale = back(np.ones((1, len(V))))[0] - shift
-        e, c, wc = (torch.from_numpy(v) for v in (x - shift[cols], scale[cols], w * scale[cols]))
+        e = x - shift[cols]
         T = (
             torch.from_numpy(U)[torch.from_numpy(rows)]
             * torch.from_numpy(V)[torch.from_numpy(cols)]
         )
-        d, Q = (wc * e) @ T, T.T @ (T * (wc * c)[:, None])
-        error = float((w * np.square(x - shift[cols])).sum()) - 2 * d.cumsum(0)
-        error += Q.cumsum(0).cumsum(1).diagonal()
-        scores = -error.numpy() / total
+        c, wc = torch.from_numpy(scale[cols]), torch.from_numpy(w * scale[cols])
+        d, Q = (wc * torch.from_numpy(e)) @ T, T.T @ (T * (wc * c)[:, None])
+        squares = float((w * np.square(e)).sum()) - 2 * d.cumsum(0)
+        squares += Q.cumsum(0).cumsum(1).diagonal()
+        scores = -squares.numpy() / w.sum()
     else:
         L, scores = np.zeros((U.shape[0], V.shape[0])), []
         for r in range(U.shape[1]):
             L += np.outer(U[:, r], V[:, r])
-            scores.append(-float((w * np.square(x - back(L)[rows, cols])).sum() / total))
+            scores.append(score(x - back(L)[rows, cols]))
     return float(scores[-1]), np.asarray(scores)
 
 

@@ -124,8 +124,11 @@ def ncg(X, W, A, B, *, alpha=0.0, max_iter=1000, tol=1e-5, sweeps=3, cg_steps=3,
     residual, weighted, second, scratch = workspace(X, 4)
     state = {}
 
-    def dot(P, Q):  # sum(P * Q) of two of the buffers: only coefficients of the line
+    def dot(P, Q):  # sum(P * Q) of two buffers or vectors (not to the dtype's accuracy)
         return float(torch.dot(P.view(-1), Q.view(-1)))
+
+    def factors(v):  # the (A, B) parts of a vector of both, as views
+        return v[: m * k].view(m, k), v[m * k :].view(k, -1)
 
     def restart(A, B):
         state.clear()
@@ -147,11 +150,11 @@ def ncg(X, W, A, B, *, alpha=0.0, max_iter=1000, tol=1e-5, sweeps=3, cg_steps=3,
         if fresh or "f" not in state:  # accurately: torch's float32 dot of 1e7 terms is not
             f0 = float(torch.mul(R, E, out=scratch).sum())
             if alpha:
-                f0 += alpha * float(torch.dot(P, P))
+                f0 += alpha * dot(P, P)
         else:
             f0 = state["f"]
         G = torch.empty_like(P)
-        GA, GB = G[: m * k].view(m, k), G[m * k :].view(k, -1)
+        GA, GB = factors(G)
         torch.mm(R, B.T, out=GA)
         torch.mm(A.T, R, out=GB)
         if alpha:
@@ -162,26 +165,27 @@ def ncg(X, W, A, B, *, alpha=0.0, max_iter=1000, tol=1e-5, sweeps=3, cg_steps=3,
         ra = (W @ nb) / max(float(b @ nb), tiny(W.dtype))
         rb = (na @ W) / max(float(a @ na), tiny(W.dtype))
         Z = torch.empty_like(P)
+        ZA, ZB = factors(Z)
         eigen = "V" not in state or (it - state["eigen"]) % EIGEN_EVERY == 0
         VA, VB = (None, None) if eigen else state["V"]
         d, VA = _block_inverse(B, b, ra, alpha, True, VA)
-        torch.mm(torch.mm(GA, VA).div_(d), VA.T, out=Z[: m * k].view(m, k))
+        torch.mm(torch.mm(GA, VA).div_(d), VA.T, out=ZA)
         d, VB = _block_inverse(A.T, a, rb, alpha, False, VB)
-        torch.mm(VB, torch.mm(VB.T, GB).div_(d), out=Z[m * k :].view(k, -1))
+        torch.mm(VB, torch.mm(VB.T, GB).div_(d), out=ZB)
         if eigen:
             state.update(V=(VA, VB), eigen=it)
-        gz = float(torch.dot(G, Z))
+        gz = dot(G, Z)
         D = None
         if "D" in state and state["gz"] > 0:  # Polak-Ribiere+
-            beta = max(0.0, (gz - float(torch.dot(G, state["Z"]))) / state["gz"])
+            beta = max(0.0, (gz - dot(G, state["Z"])) / state["gz"])
             D = state["D"].mul(beta).sub_(Z)
-            gd = float(torch.dot(G, D))
+            gd = dot(G, D)
             if gd >= 0:  # not a descent direction
                 D = None
         if D is None:
             D, gd = -Z, -gz
         state.update(Z=Z, gz=gz, D=D)
-        DA, DB = D[: m * k].view(m, k), D[m * k :].view(k, -1)
+        DA, DB = factors(D)
         # Along the line the residual is E + t E1 + t^2 E2, with E1 = DA B + A DB and
         # E2 = DA DB. The gradient gives c1 = 2 sum(W E E1) at the cost of a dot.
         c1 = 2.0 * gd
@@ -194,14 +198,14 @@ def ncg(X, W, A, B, *, alpha=0.0, max_iter=1000, tol=1e-5, sweeps=3, cg_steps=3,
         c3 = 2.0 * dot(WE, E2)
         c4 = dot(torch.mul(W, E2, out=scratch), E2)
         if alpha:
-            c2 += alpha * float(torch.dot(D, D))
+            c2 += alpha * dot(D, D)
         t = _minimise_quartic(c4, c3, c2, c1)
         if t == 0.0:
             state.clear()
             return A, B
         f = f0 + (((c4 * t + c3) * t + c2) * t + c1) * t
         P = torch.add(P, D, alpha=t)
-        A, B = P[: m * k].view(m, k), P[m * k :].view(k, -1)
+        A, B = factors(P)
         residual.add_(E1, alpha=t).add_(E2, alpha=t * t)
         state.update(A=A, B=B, P=P, f=f)
         # Where the step removes nearly all of f0, the sum cancels and rounding
