@@ -332,13 +332,8 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         # (through _fit_context and, for fit_transform, the set_output wrapper).
         start = time.perf_counter()  # history_["seconds"] count the validation too
         X_in, X, W = self._validate_input(X, sample_weight, sample_metric, reset=True)
-        k = self.n_components
         m, n = X.shape
-        if k > min(m, n):
-            raise ValueError(
-                f"n_components={k} must be <= min(n_samples, n_features) = {min(m, n)} "
-                f"(n_samples = {m}, n_features = {n})."
-            )
+        self._check_rank(m, n)
         # Without element-wise weights any square root of a metric gives the same fit:
         # the fast Cholesky factor will do.
         R, R_inv = self._sample_root(sample_metric, X, any_root=W is None)
@@ -354,22 +349,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         init = self._check_init(m, n, X)
         if isinstance(init, tuple):
             init = (left(R, init[0]), right(init[1], C))
-        self.solver_ = resolve_solver(self.solver, W, self.alpha)
-        factors = solve(
-            Y,
-            W,
-            k,
-            solver=self.solver_,
-            init=init,
-            alpha=self.alpha,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            seed=check_random_state(self.random_state).randint(np.iinfo(np.int32).max),
-            callback=self.callback,
-            verbose=self.verbose,
-            svd_solver=self.svd_solver,
-            start=start,
-        )
+        factors = self._solve(Y, W, init, start=start, stacklevel=stacklevel + 1)
         A, B = left(R_inv, factors.A), right(factors.B, C_inv)
         # in units (exact) where the products below and the row sums of W stay in range
         s, (W_in_range, w) = value_scale(X), weights_in_range(W)
@@ -403,8 +383,42 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             "objective": np.asarray(factors.objective),
             "seconds": np.asarray(factors.seconds),
         }
-        self._warn_about_the_solve(W, factors, stacklevel + 1)
         return output_like(Z, X_in)
+
+    def _check_rank(self, m, n):
+        k = self.n_components
+        if k > min(m, n):
+            raise ValueError(
+                f"n_components={k} must be <= min(n_samples, n_features) = {min(m, n)} "
+                f"(n_samples = {m}, n_features = {n})."
+            )
+
+    def _solve(self, Y, W, init, *, start=None, stacklevel=2):
+        """Solve the prepared problem (validated, whitened, dense ``W``) from ``init``; warn.
+
+        The fit's core, without the validation and the conversions around it:
+        what :func:`~sklearn_wsvd.model_selection.alpha_path` runs at each
+        penalty of a path, on data it has validated once. Returns the solver's
+        :class:`~sklearn_wsvd._solvers.Factors`.
+        """
+        self.solver_ = resolve_solver(self.solver, W, self.alpha)
+        factors = solve(
+            Y,
+            W,
+            self.n_components,
+            solver=self.solver_,
+            init=init,
+            alpha=self.alpha,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            seed=check_random_state(self.random_state).randint(np.iinfo(np.int32).max),
+            callback=self.callback,
+            verbose=self.verbose,
+            svd_solver=self.svd_solver,
+            start=start,
+        )
+        self._warn_about_the_solve(W, factors, stacklevel + 1)
+        return factors
 
     def _warn_about_the_solve(self, W, factors, stacklevel):
         if not factors.converged:

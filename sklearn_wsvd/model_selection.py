@@ -304,18 +304,17 @@ def alpha_path(
     fold = np.where(W > 0, fold, -1)
     if any(not np.any(fold == f) for f in range(n_folds)):
         raise ValueError(f"Too few observed entries for n_folds={n_folds}: a fold is empty.")
-    folds = [fold == f for f in range(min(n_folds, max_folds or n_folds))]
-    seeds = {}
-    path = _path(estimator, prefix, X, W, alphas, folds, patience, select_rank, seeds)
-    path["best_rank"] = _last_step(estimator).n_components
+    folds = [_Fold(estimator, X, W, fold == f) for f in range(min(n_folds, max_folds or n_folds))]
+    seeds, k = {}, _last_step(estimator).n_components
+    path = _path(folds, k, alphas, patience, select_rank, seeds)
+    path["best_rank"] = k
     if select_rank:
         by_rank = path["rank_scores"].max(axis=0)
         rank = int(np.argmax(by_rank)) + 1
         # Settled by a path at that rank, unless its truncation only ties the fit (a
         # rank-k fit that leaves components unused equals its truncation, up to rounding).
         if by_rank[rank - 1] - path["best_score"] > 1e-9 * abs(path["best_score"]):
-            lower = clone(estimator).set_params(**{f"{prefix}n_components": rank})
-            other = _path(lower, prefix, X, W, alphas, folds, patience, False, seeds, rank)
+            other = _path(folds, rank, alphas, patience, False, seeds, rank)
             path["rank_path"] = {"rank": rank} | {
                 key: other[key] for key in ("alphas", "test_scores", "mean_test_score")
             }
@@ -331,8 +330,90 @@ def alpha_path(
     return path
 
 
-def _path(estimator, prefix, X, W, alphas, folds, patience, truncations, seeds, rank=None):
-    """Scores of every penalty (and, with ``truncations``, of every rank) on hidden ``folds``.
+class _Fold:
+    """One fold of a path: the estimator's problem with the fold's entries hidden, and its scoring.
+
+    The problem is validated and moved to the estimator's device and dtype once,
+    and every penalty solves it as it is (the estimator's core,
+    :meth:`~sklearn_wsvd.WeightedTruncatedSVD._solve`, not its ``fit``, whose
+    validation and conversions cost as much as the few iterations of a warm
+    start on small problems). The pipeline's steps before the estimator do not
+    depend on the penalty either: they are fitted once, to the fold.
+    """
+
+    def __init__(self, estimator, X, W, hidden):
+        X_f, W_f = np.where(hidden, np.nan, X), np.where(hidden, 0.0, W)
+        pipeline = isinstance(estimator, Pipeline)
+        self.head = clone(estimator[:-1]) if pipeline else None
+        if self.head is not None:
+            X_f = self.head.fit_transform(X_f)
+        self.model = clone(_last_step(estimator))
+        self.model._validate_params()
+        _, self.X, self.W = self.model._validate_input(X_f, W_f, reset=True)  # W_f: 2-D
+        # The hidden entries: rows, columns, data and weights.
+        self.rows, self.cols = np.nonzero(hidden)
+        self.x, self.w = X[self.rows, self.cols], W[self.rows, self.cols]
+        steps = [] if self.head is None else [step for _, step in self.head.steps]
+        self.affine = all(
+            step in (None, "passthrough") or isinstance(step, _AFFINE_STEPS) for step in steps
+        )
+        if self.affine:  # x -> c x + s per column, read off by mapping back zeros and ones
+            shift = self._back(np.zeros((1, X.shape[1])))[0]
+            scale = self._back(np.ones((1, X.shape[1])))[0] - shift
+            self.c = torch.from_numpy(scale[self.cols])
+            self.e = torch.from_numpy(self.x - shift[self.cols])
+            self.wc = torch.from_numpy(self.w) * self.c
+            self.residual = float((self.w * np.square(self.e.numpy())).sum())
+            self.index = torch.from_numpy(self.rows), torch.from_numpy(self.cols)
+
+    def _back(self, L):
+        return L if self.head is None else self.head.inverse_transform(L)
+
+    def fit(self, alpha, k, init):
+        """Factors ``(A, B)`` of the fit at ``alpha`` and rank ``k`` from ``init`` (or None)."""
+        model = self.model.set_params(alpha=alpha, n_components=k)
+        m, n = self.X.shape
+        model._check_rank(m, n)
+        if init is None:
+            init = model._check_init(m, n, self.X)
+        factors = model._solve(self.X, self.W, init, stacklevel=5)
+        return factors.A, factors.B
+
+    def score(self, U, V, truncations=False):
+        """Score of the fit ``L = U V^T`` on the hidden entries, and of its truncations.
+
+        ``-sum w (x - L)**2 / sum w``, with ``L`` mapped back through the head.
+        With ``truncations``, ``U, V`` are the fit's singular components (in
+        decreasing order, :func:`_components`) and its truncations ``L_r`` to
+        the ``r`` largest are scored too (the last, ``L_k``, is the fit itself):
+        at the hidden entries alone where every step of the head is a scaler
+        (``x -> c x + s`` per column), and whole otherwise. At the hidden
+        entries, with ``T_hl = U_il V_jl`` for entry ``h = (i, j)`` and ``e = x
+        - s``, the error of ``L_r`` is ``sum w e^2 - 2 sum_{l<=r} d_l +
+        sum_{l,l'<=r} Q_ll'``, with ``d = T^T (w c e)`` and ``Q = T^T diag(w
+        c^2) T``: one product for every rank, by torch (not numpy's BLAS: see
+        :func:`_spectral_norm`).
+        """
+        weight = self.w.sum()
+        if not self.affine:
+            U, V, scores = U.numpy(), V.numpy(), []
+            for r in range(1, U.shape[1] + 1) if truncations else [U.shape[1]]:
+                error = self.x - self._back(U[:, :r] @ V[:, :r].T)[self.rows, self.cols]
+                scores.append(-float((self.w * np.square(error)).sum() / weight))
+            return scores[-1], np.asarray(scores) if truncations else None
+        rows, cols = self.index
+        T = U[rows] * V[cols]
+        if not truncations:
+            error = self.e - self.c * T.sum(1)
+            return -float((torch.from_numpy(self.w) * error.square()).sum()) / weight, None
+        d, Q = (self.wc * self.e) @ T, T.T @ (T * (self.wc * self.c)[:, None])
+        squares = self.residual - 2 * d.cumsum(0) + Q.cumsum(0).cumsum(1).diagonal()
+        scores = -squares.numpy() / weight
+        return float(scores[-1]), scores
+
+
+def _path(folds, k, alphas, patience, truncations, seeds, rank=None):
+    """Scores of every penalty (and, with ``truncations``, of every rank) on the ``folds``.
 
     With ``truncations``, ``seeds`` is filled for a later path at a lower rank:
     for each rank ``q``, the last penalty up to which no fit had more than ``q``
@@ -341,43 +422,28 @@ def _path(estimator, prefix, X, W, alphas, folds, patience, truncations, seeds, 
     room for all its components): given ``seeds`` and ``rank``, this path takes
     those of the largest ``q <= rank`` as they are and goes on from their fits.
     """
-    last = _last_step(estimator)
-    k, inits = last.n_components, [last.init] * len(folds)
+    inits = [None] * len(folds)
     scores, ranked, most = [], [], 0
     seed = max((q for q in seeds if q <= rank), default=None) if rank else None
     if seed is not None:
         scores, fits = list(seeds[seed][0]), seeds[seed][1]
         inits = [(_pad(A, rank, 1), _pad(B, rank, 0)) for A, B in fits]
-    # What each fold fits, and the hidden entries it is scored on as (rows, columns).
-    # The pipeline's steps before the estimator do not depend on the penalty: each
-    # fold fits them once (its own fit would at every penalty), and every penalty
-    # fits the estimator alone to what they make of the fold.
-    data = []
-    for hidden in folds:
-        X_f, W_f = np.where(hidden, np.nan, X), np.where(hidden, 0.0, W)
-        head = clone(estimator[:-1]) if prefix else None
-        data.append(
-            (X_f if head is None else head.fit_transform(X_f), W_f, head, np.nonzero(hidden))
-        )
     for alpha in alphas[len(scores) :]:
         row, row_ranked, fits = [], [], []
-        for f, (X_f, W_f, head, entries) in enumerate(data):
-            model = clone(last).set_params(alpha=alpha, init=inits[f])
-            Z = model.fit_transform(X_f, sample_weight=W_f)
-            inits[f] = (Z, model.components_)
-            U, V = _components(Z, model.components_) if truncations else (None, None)
-            score, truncated = _score(head, model, X[entries], W[entries], entries, Z, U, V)
+        for f, fold in enumerate(folds):
+            A, B = inits[f] = fold.fit(alpha, k, inits[f])
+            U, V = _components(A, B) if truncations else (A.double().cpu(), B.double().cpu().T)
+            score, truncated = fold.score(U, V, truncations)
             row.append(score)
             row_ranked.append(truncated)
-            if truncations:
-                fits.append((U, V))
+            fits.append((U, V))
         scores.append(row)
         if truncations:
             ranked.append(np.mean(row_ranked, axis=0))
-            dtype = model.components_.dtype
+            dtype = A.dtype
             most = max(most, *(_rank(U, dtype) for U, _ in fits))
-            if most < k:  # in the fit's dtype: a start needs no more
-                starts = [(U[:, :most].astype(dtype), V[:, :most].T.astype(dtype)) for U, V in fits]
+            if most < k:  # in the fit's dtype and place: a start needs no more
+                starts = [(U[:, :most].to(A), V[:, :most].T.to(A)) for U, V in fits]
                 seeds[most] = (list(scores), starts)
         means = np.mean(scores, axis=1)
         best = int(np.argmax(means))
@@ -401,15 +467,15 @@ def _path(estimator, prefix, X, W, alphas, folds, patience, truncations, seeds, 
 
 def _rank(U, dtype) -> int:
     """Components the ridge left in a fit ``U V^T``: those above the rounding of its dtype."""
-    size = np.linalg.norm(U, axis=0)
-    return int((size > np.finfo(dtype).eps ** 0.5 * size.max()).sum())
+    size = torch.linalg.vector_norm(U, dim=0)
+    return int((size > torch.finfo(dtype).eps ** 0.5 * size.max()).sum())
 
 
-def _pad(F, k, axis):
-    """``F`` with zeros appended along ``axis`` up to ``k`` (components the ridge removed)."""
-    missing = [(0, 0), (0, 0)]
-    missing[axis] = (0, k - F.shape[axis])
-    return np.pad(F, missing)
+def _pad(F, k, dim):
+    """``F`` with zeros appended along ``dim`` up to ``k`` (components the ridge removed)."""
+    shape = list(F.shape)
+    shape[dim] = k - shape[dim]
+    return torch.cat([F, F.new_zeros(shape)], dim=dim)
 
 
 # Steps that map each column by ``x -> a x + b``: truncations are scored at the hidden
@@ -417,69 +483,22 @@ def _pad(F, k, axis):
 _AFFINE_STEPS = (StandardScaler, MinMaxScaler, MaxAbsScaler, RobustScaler)
 
 
-def _score(head, fitted, x, w, entries, Z, U=None, V=None):
-    """Score of a fit on the hidden entries (and of its truncations to every rank).
-
-    ``fitted`` is the estimator fitted to what the pipeline's ``head`` (its steps
-    before the estimator; None without a pipeline) makes of the data; the
-    hidden entries are ``x`` (their data), ``w`` (their weights) and
-    ``entries`` (their rows and columns). The score is ``-sum w (x - L)**2 /
-    sum w``, with ``L`` mapped back through the head. Given the fit's singular
-    components ``L = U V^T`` (:func:`_components`), its truncations ``L_r`` to
-    the ``r`` largest are scored too: at the hidden entries alone where every
-    step of the head is a scaler (``x -> c x + s`` per column; ``c`` and ``s``
-    read off by mapping back zeros and ones), and whole otherwise. At the hidden
-    entries, with ``T_hl = U_il V_jl`` for entry ``h = (i, j)`` and ``e = x -
-    s``, the error of ``L_r`` is ``sum w e^2 - 2 sum_{l<=r} d_l + sum_{l,l'<=r}
-    Q_ll'``, with ``d = T^T (w c e)`` and ``Q = T^T diag(w c^2) T``: one product
-    for every rank, by torch (not numpy's BLAS: see :func:`_spectral_norm`).
-    The last, ``L_k``, is the fit itself.
-    """
-    back = (lambda M: M) if head is None else head.inverse_transform
-    rows, cols = entries
-
-    def score(error):  # of a prediction whose errors at the hidden entries are these
-        return -float((w * np.square(error)).sum() / w.sum())
-
-    if U is None:
-        return score(x - back(fitted.inverse_transform(Z))[rows, cols]), None
-    steps = [] if head is None else [step for _, step in head.steps]
-    if all(step in (None, "passthrough") or isinstance(step, _AFFINE_STEPS) for step in steps):
-        shift = back(np.zeros((1, len(V))))[0]
-        scale = back(np.ones((1, len(V))))[0] - shift
-        e = x - shift[cols]
-        T = (
-            torch.from_numpy(U)[torch.from_numpy(rows)]
-            * torch.from_numpy(V)[torch.from_numpy(cols)]
-        )
-        c, wc = torch.from_numpy(scale[cols]), torch.from_numpy(w * scale[cols])
-        d, Q = (wc * torch.from_numpy(e)) @ T, T.T @ (T * (wc * c)[:, None])
-        squares = float((w * np.square(e)).sum()) - 2 * d.cumsum(0)
-        squares += Q.cumsum(0).cumsum(1).diagonal()
-        scores = -squares.numpy() / w.sum()
-    else:
-        L, scores = np.zeros((U.shape[0], V.shape[0])), []
-        for r in range(U.shape[1]):
-            L += np.outer(U[:, r], V[:, r])
-            scores.append(score(x - back(L)[rows, cols]))
-    return float(scores[-1]), np.asarray(scores)
-
-
 def _last_step(model):
     """The estimator itself, or the last step of a pipeline."""
     return model[-1] if isinstance(model, Pipeline) else model
 
 
-def _components(Z, components):
-    """``U, V`` with ``Z @ components = U @ V.T``, columns in decreasing singular value.
+def _components(A, B):
+    """``U, V`` with ``A @ B = U @ V.T``, columns in decreasing singular value, float64 on CPU.
 
-    ``components`` (the estimator's ``components_``) has orthonormal rows, so the
-    SVD of ``Z`` is that of the product. By torch's LAPACK, as :func:`_spectral_norm`.
+    ``U`` holds the left singular vectors scaled by the singular values and ``V``
+    the right ones, from the thin QRs of the factors in O((m + n) k^2). By
+    torch's LAPACK, as :func:`_spectral_norm`.
     """
-    cpu = torch.device("cpu")
-    U, s, Vt = torch.linalg.svd(to_tensor(Z, device=cpu, dtype=torch.float64), full_matrices=False)
-    C = to_tensor(components, device=cpu, dtype=torch.float64)
-    return to_numpy(U * s), to_numpy(C.T @ Vt.T)
+    Qa, Ra = torch.linalg.qr(A.double().cpu())
+    Qb, Rb = torch.linalg.qr(B.double().cpu().T)
+    U, s, Vt = torch.linalg.svd(Ra @ Rb.T)
+    return Qa @ (U * s), Qb @ Vt.T
 
 
 def _spectral_norm(M) -> float:

@@ -12,7 +12,7 @@ from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from sklearn_wsvd import WeightedTruncatedSVD
+from sklearn_wsvd import WeightedTruncatedSVD, _estimator
 from sklearn_wsvd.model_selection import HiddenEntryScorer, alpha_path
 
 
@@ -231,16 +231,32 @@ def test_the_path_cross_validates_over_entries_warm_as_cold():
     assert path["best_alpha"] == alphas[int(np.argmax(path["mean_test_score"]))]
 
 
-def test_the_path_never_lets_a_hidden_entry_reach_a_fit():
+def test_the_path_never_lets_a_hidden_entry_reach_a_fit(monkeypatch):
+    # What the solver is given, at every penalty of every fold: the path solves each
+    # fold's problem directly, not through the estimator's fit.
     X, W, _ = noisy_completion()
-    _Spy.calls = []
-    alpha_path(_Spy(6), X, W, n_alphas=3, n_folds=4, max_folds=None, patience=None)
+    calls, solve = [], _estimator.solve
+
+    def spy(Y, weights, k, **kwargs):
+        calls.append((Y.numpy().copy(), weights.numpy().copy()))
+        return solve(Y, weights, k, **kwargs)
+
+    monkeypatch.setattr(_estimator, "solve", spy)
+    alpha_path(WeightedTruncatedSVD(6), X, W, n_alphas=3, n_folds=4, max_folds=None, patience=None)
     fold = _entry_folds(W, 4)
-    assert len(_Spy.calls) == 3 * 4
-    for n, (_, X_fit, W_fit) in enumerate(_Spy.calls):
+    assert len(calls) == 3 * 4
+    for n, (X_fit, W_fit) in enumerate(calls):
         hidden = fold == n % 4
-        assert np.all(W_fit[hidden] == 0) and np.all(np.isnan(X_fit[hidden]))
+        assert hidden.sum() > 0 and np.all(W_fit[hidden] == 0) and np.all(X_fit[hidden] == 0)
         np.testing.assert_array_equal(W_fit[~hidden], W[~hidden])
+        np.testing.assert_array_equal(X_fit[~hidden & (W > 0)], X[~hidden & (W > 0)].astype("f4"))
+
+
+def test_the_path_warns_about_its_fits_at_the_caller_s_line():
+    X, W, _ = noisy_completion()
+    with pytest.warns(ConvergenceWarning, match="reached max_iter=1") as record:
+        alpha_path(WeightedTruncatedSVD(6, max_iter=1), X, W, n_alphas=3, patience=None)
+    assert {r.filename for r in record} == {__file__}
 
 
 def test_the_path_finds_the_penalty_the_truth_would_choose():
@@ -328,13 +344,10 @@ def test_the_path_scores_every_fit_truncated_to_every_rank(head, max_folds):
     path = alpha_path(
         model, X, W, alphas=alphas, patience=None, max_folds=max_folds, select_rank=True
     )
-    if isinstance(head, _CountingScaler):  # per fit: zeros and ones (its own: the last
-        # truncation); a fit without truncations (the second path's), itself
-        assert _CountingScaler.calls == 2 * len(alphas) + len(
-            path.get("rank_path", {}).get("alphas", [])
-        )
-        # the steps before the estimator are fitted once per fold and path, not per penalty
-        assert _CountingScaler.fits == 1 + ("rank_path" in path)
+    if isinstance(head, _CountingScaler):
+        # the steps before the estimator are fitted once per fold, for every penalty and
+        # rank, and map back zeros and ones once (their shifts and scales)
+        assert _CountingScaler.fits == 1 and _CountingScaler.calls == 2
     folds = [_entry_folds(W, 5) == f for f in range(path["test_scores"].shape[1])]
     assert path["rank_scores"].shape == (2, 8)
     for a, alpha in enumerate(alphas):

@@ -574,6 +574,53 @@ def test_top_singular_pairs_are_the_exact_ones_above_the_threshold(rng, shape, d
     assert Up.shape == (shape[0], 0) and Vp.shape == (0, shape[1])
 
 
+def test_negative_eigenvalues_are_counted_from_the_ldl_inertia(rng):
+    # Indefinite matrices, some with a zero diagonal so that Bunch-Kaufman takes
+    # 2 x 2 pivots, and a shifted Gram matrix as revive builds it.
+    for n in (1, 2, 7, 40, 120):
+        for zero_diagonal in (False, True):
+            S = torch.as_tensor(rng.normal(size=(n, n)))
+            S = S + S.T
+            if zero_diagonal:
+                S.fill_diagonal_(0.0)
+            expected = int((torch.linalg.eigvalsh(S) < 0).sum())
+            assert _common._count_negative(S) == expected
+    M = torch.as_tensor(rng.normal(size=(60, 90)))
+    gram = M @ M.T
+    values = torch.linalg.eigvalsh(gram)
+    for level in (float(values[0]) / 2, float(values[30] + values[31]) / 2, 2 * float(values[-1])):
+        shifted = level * torch.eye(60, dtype=gram.dtype) - gram
+        assert _common._count_negative(shifted) == int((values > level).sum())
+
+
+def test_top_singular_pairs_of_a_large_side_come_from_a_subspace_iteration(rng):
+    # 200 x 300, three values above the threshold: a subspace iteration of 3 + 8
+    # vectors, not the eigendecomposition. Its pairs are unit, exceed the
+    # threshold, and are the top ones where the spectrum decays.
+    U, _ = torch.linalg.qr(torch.as_tensor(rng.normal(size=(200, 200))))
+    V, _ = torch.linalg.qr(torch.as_tensor(rng.normal(size=(300, 200))))
+    s = torch.cat([torch.tensor([100.0, 50.0, 25.0]), torch.linspace(10.0, 1.0, 197)])
+    s = s.double()
+    G = (U * s) @ V.T
+    eigh = torch.linalg.eigh
+    with pytest.MonkeyPatch.context() as patch:  # only k x k ones: no 200 x 200 one
+        patch.setattr(torch.linalg, "eigh", lambda S: eigh(S) if len(S) <= 11 else 1 / 0)
+        Up, Vp = _common._top_singular_pairs(G, 8, above=12.0)
+    assert Up.shape == (200, 3) and Vp.shape == (3, 300)
+    torch.testing.assert_close(torch.linalg.vector_norm(Up, dim=0), torch.ones(3).double())
+    torch.testing.assert_close(torch.linalg.vector_norm(Vp, dim=1), torch.ones(3).double())
+    # near the exact pairs (three products: errors of about 2e-3), their values
+    # u^T G v below the singular values and nearer to them (errors of the square)
+    signs = torch.sign((Up * U[:, :3]).sum(0))
+    torch.testing.assert_close(Up * signs, U[:, :3], rtol=0, atol=5e-3)
+    torch.testing.assert_close(Vp * signs[:, None], V[:, :3].T, rtol=0, atol=5e-3)
+    values = (Up * (G @ Vp.T)).sum(0)
+    torch.testing.assert_close(values, s[:3], rtol=1e-4, atol=0)
+    assert bool((values <= s[:3] * (1 + 1e-12)).all())
+    # at most r of them
+    assert _common._top_singular_pairs(G, 2, above=12.0)[0].shape == (200, 2)
+
+
 def _hidden_digits(fraction=0.9, rows=600):
     from sklearn.datasets import load_digits
 

@@ -305,21 +305,79 @@ def _top_singular_pairs(G, r: int, above: float):
     ``above**2 I - gram`` comes first: it exists only where no singular value
     exceeds ``above`` (a converged fit), which it certifies exactly enough (the
     squares are accurate to about 1e-16 of the largest) for a small part of an
-    eigendecomposition's cost. Otherwise the eigenvectors give the pairs; they
-    need not be exact (the caller computes each pair's gain), so the
-    eigendecomposition runs in ``G``'s dtype, where float32 halves its cost.
+    eigendecomposition's cost. Otherwise the inertia of its LDL^T factorisation
+    (Sylvester's law) counts the values above, ``c``, and the top ``p = min(r,
+    c)`` eigenvectors of the Gram matrix give the pairs: by a subspace
+    iteration where ``p`` is small against the side (a 214 x 214 Gram matrix
+    with ``p`` of a few: 0.3 ms against the eigendecomposition's 1.7), whose
+    Ritz values, lower bounds of the eigenvalues, keep only pairs that truly
+    exceed ``above``; by the eigendecomposition otherwise, or where the
+    iteration found none of the ``c`` (a flat spectrum), so that no pair is
+    returned only where none exceeds ``above``. The pairs need not be exact
+    (the caller computes each pair's gain).
     """
     M = G.double() if G.shape[0] <= G.shape[1] else G.T.double()
     gram = M @ M.T
+    p = min(r, len(gram))
     if above > 0:
         shifted = torch.diag_embed(gram.new_full((len(gram),), above * above)) - gram
         if int(torch.linalg.cholesky_ex(shifted).info) == 0:
             return G.new_zeros(G.shape[0], 0), G.new_zeros(0, G.shape[1])
-    squares, vectors = torch.linalg.eigh(gram.to(G.dtype))
-    n = min(r, int((squares > above * above).sum()))
-    U = vectors.flip(1)[:, :n].double()
+        p = min(r, _count_negative(shifted))
+    squares, U = _top_eigenpairs(gram, p)
+    n = int((squares > above * above).sum())
+    if n == 0 and p > 0:  # on a flat spectrum the iteration can miss what the count found
+        squares, U = _top_eigenpairs(gram, p, exact=True)
+        n = int((squares > above * above).sum())
+    U = U[:, :n]
     V = U.T @ M
     V = V / torch.linalg.vector_norm(V, dim=1, keepdim=True).clamp_min(tiny(V.dtype))
     if G.shape[0] > G.shape[1]:
         U, V = V.T, U.T
     return U.to(G.dtype), V.to(G.dtype)
+
+
+# A subspace iteration: this many vectors beyond those wanted, and multiplications.
+_OVERSAMPLE, _POWERS = 8, 3
+
+
+def _top_eigenpairs(S, p: int, exact: bool = False):
+    """The ``p`` largest eigenvalues of the symmetric PSD ``S`` and their eigenvectors, descending.
+
+    Exact (an eigendecomposition) where asked or where ``p`` is a large share of
+    the side; otherwise the Ritz pairs of a subspace iteration of ``p`` plus a
+    few vectors from a fixed random start (deterministic), accurate where the
+    spectrum decays and lower bounds of the eigenvalues always.
+    """
+    n = len(S)
+    if exact or 4 * (p + _OVERSAMPLE) >= n:
+        values, vectors = torch.linalg.eigh(S)
+    else:
+        generator = torch.Generator(device=S.device).manual_seed(0)
+        Q = torch.randn(n, p + _OVERSAMPLE, generator=generator, dtype=S.dtype, device=S.device)
+        for _ in range(_POWERS):
+            Q = torch.linalg.qr(S @ Q).Q
+        values, Y = torch.linalg.eigh(Q.T @ S @ Q)
+        vectors = Q @ Y
+    return values.flip(0)[:p], vectors.flip(1)[:, :p]
+
+
+def _count_negative(S) -> int:
+    """Negative eigenvalues of the symmetric ``S``: the inertia of its LDL^T factorisation.
+
+    By Sylvester's law of inertia, those of the block-diagonal ``D`` of
+    Bunch-Kaufman's ``P^T S P = L D L^T``: its 1 x 1 blocks and the eigenvalues
+    of its 2 x 2 ones (sign of the determinant and of the trace).
+    """
+    LD, pivots, _ = torch.linalg.ldl_factor_ex(S)
+    d, off, pivots = LD.diagonal().tolist(), LD.diagonal(-1).tolist(), pivots.tolist()
+    count, i = 0, 0
+    while i < len(d):
+        if pivots[i] > 0 or i == len(d) - 1:  # a 1 x 1 block
+            count, i = count + (d[i] < 0), i + 1
+            continue
+        a, b, c = d[i], off[i], d[i + 1]  # the 2 x 2 block [[a, b], [b, c]]
+        determinant = a * c - b * b
+        count += 1 if determinant < 0 else 2 * (a + c < 0) if determinant > 0 else (a + c < 0)
+        i += 2
+    return count
