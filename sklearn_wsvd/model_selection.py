@@ -7,8 +7,8 @@ prediction, and neither of which lets a hidden entry reach a fit:
   sees every row with one fold of its entries hidden, the way a completion sees
   its missing entries, along a warm-started path of decreasing penalties. The
   recommended way: on the completion benchmark it chose better than a grid
-  search over the same penalties in four cases of eight and worse in two, in 7.5
-  to 34 times less time; with ``select_rank=True`` it chooses the rank too.
+  search over the same penalties in five cases of eight and worse in two, in 9.9
+  to 38 times less time; with ``select_rank=True`` it chooses the rank too.
 - :class:`HiddenEntryScorer` works with scikit-learn's own searches
   (:class:`~sklearn.model_selection.GridSearchCV`, metadata routing), whose
   splitters split rows: it takes the rows of a test fold (which the model never
@@ -195,7 +195,7 @@ def alpha_path(
     smaller penalty shrinks what it keeps less, which predicts better where the
     data are a low-rank matrix plus noise; on the completion benchmark it
     lowered the error on the missing entries in four cases of eight, by up to
-    39%, and raised it in one, by 0.8%, for 1.4 to 1.8 times the time.
+    39%, and raised it in one, by 0.19%, for 1.3 to 1.75 times the time.
 
     Parameters
     ----------
@@ -203,9 +203,13 @@ def alpha_path(
         The model to cross-validate; its ``alpha`` and ``init`` are replaced (and
         ``n_components`` by the second path of ``select_rank``). A
         :class:`~sklearn.pipeline.Pipeline` ending with the estimator (after a
-        ``StandardScaler(with_std=False)`` that centres the columns, say) is
-        fitted as a whole, the weights going to its last step, and its
-        prediction is mapped back through every step.
+        ``StandardScaler(with_std=False)`` that centres the columns, say) has
+        its steps before the estimator fitted to each fold once (they do not
+        depend on the penalty), the weights going to its last step, and its
+        prediction is mapped back through every step. Each fold's problem is
+        validated once and every penalty runs the estimator's solver on it
+        (not ``fit``, whose checks and conversions cost as much as the few
+        iterations of a warm start on small problems).
     X : array-like of shape (n_samples, n_features)
         Data, NaN where an entry is missing (of zero weight).
     sample_weight : array-like of shape (n_samples,) or (n_samples, n_features), \
@@ -228,8 +232,8 @@ def alpha_path(
         ``n_folds``-fold cross-validation). The default, one, holds out a
         ``1 / n_folds`` share of the entries once: on the eight problems of
         ``benchmarks/bench_completion.py`` it chose the penalty that five folds
-        chose in seven and, in the eighth, one whose error on the truly missing
-        entries was 0.5% higher, in 0.20 to 0.22 times the time.
+        chose in six and, in the other two, ones whose errors on the truly
+        missing entries were 0.3% and 0.5% higher, in 0.18 to 0.22 times the time.
     patience : int or None, default=3
         Stop the path once the mean score has not improved on its best for this
         many penalties in a row (the error rises again as the penalty falls past
