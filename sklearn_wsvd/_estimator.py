@@ -411,7 +411,10 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             alpha=self.alpha,
             max_iter=self.max_iter,
             tol=self.tol,
-            seed=check_random_state(self.random_state).randint(np.iinfo(np.int32).max),
+            # only a random start draws (a RandomState costs 0.1 ms to make)
+            seed=check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+            if isinstance(init, str) and init == "random"
+            else 0,
             callback=self.callback,
             verbose=self.verbose,
             svd_solver=self.svd_solver,

@@ -33,6 +33,7 @@ from sklearn.utils.metadata_routing import MetadataRequest
 
 from ._backend import to_numpy, to_tensor
 from ._estimator import _check_missing_entries, _check_sample_weight
+from ._solvers import resolve_solver
 
 __all__ = ["HiddenEntryScorer", "alpha_path"]
 
@@ -354,6 +355,7 @@ class _Fold:
         self.model = clone(_last_step(estimator))
         self.model._validate_params()
         _, self.X, self.W = self.model._validate_input(X_f, W_f, reset=True)  # W_f: 2-D
+        self.solver, self.solvers = self.model.solver, {}
         # The hidden entries: rows, columns, data and weights.
         self.rows, self.cols = np.nonzero(hidden)
         self.x, self.w = X[self.rows, self.cols], W[self.rows, self.cols]
@@ -364,24 +366,44 @@ class _Fold:
         if self.affine:  # x -> c x + s per column, read off by mapping back zeros and ones
             shift = self._back(np.zeros((1, X.shape[1])))[0]
             scale = self._back(np.ones((1, X.shape[1])))[0] - shift
-            self.c = torch.from_numpy(scale[self.cols])
-            self.e = torch.from_numpy(self.x - shift[self.cols])
-            self.wc = torch.from_numpy(self.w) * self.c
-            self.residual = float((self.w * np.square(self.e.numpy())).sum())
+            c, e = torch.from_numpy(scale[self.cols]), torch.from_numpy(self.x - shift[self.cols])
+            w = torch.from_numpy(self.w)
+            self.c, self.e, self.w_t = c, e, w
+            self.wce, self.wcc = w * c * e, w * c * c
+            self.residual = float((w * e.square()).sum())
             self.index = torch.from_numpy(self.rows), torch.from_numpy(self.cols)
+            self.buffers = None
 
     def _back(self, L):
         return L if self.head is None else self.head.inverse_transform(L)
 
     def fit(self, alpha, k, init):
         """Factors ``(A, B)`` of the fit at ``alpha`` and rank ``k`` from ``init`` (or None)."""
-        model = self.model.set_params(alpha=alpha, n_components=k)
+        # Set directly: set_params inspects the signature, 0.2 ms a fit. The solver
+        # is resolved once ("auto" reads the weights, and only alpha == 0 matters).
+        model = self.model
+        model.alpha, model.n_components = alpha, k
+        if (alpha == 0) not in self.solvers:
+            self.solvers[alpha == 0] = resolve_solver(self.solver, self.W, alpha)
+        model.solver = self.solvers[alpha == 0]
         m, n = self.X.shape
         model._check_rank(m, n)
         if init is None:
             init = model._check_init(m, n, self.X)
         factors = model._solve(self.X, self.W, init, stacklevel=5)
         return factors.A, factors.B
+
+    def _buffers(self, k):
+        """Two (hidden entries x ``k``) float64 tensors, allocated once per fold.
+
+        Fresh ones at every fit would cost five times the products done in them
+        (0.5 against 2.5 ms at 6848 x 40): the allocator gives blocks that size
+        back to the system when freed, and every new one faults its pages in.
+        """
+        size = len(self.rows) * k
+        if self.buffers is None or len(self.buffers[0]) < size:
+            self.buffers = [torch.empty(size, dtype=torch.float64) for _ in range(2)]
+        return [buffer[:size].view(-1, k) for buffer in self.buffers]
 
     def score(self, U, V, truncations=False):
         """Score of the fit ``L = U V^T`` on the hidden entries, and of its truncations.
@@ -406,11 +428,12 @@ class _Fold:
                 scores.append(-float((self.w * np.square(error)).sum() / weight))
             return scores[-1], np.asarray(scores) if truncations else None
         rows, cols = self.index
-        T = U[rows] * V[cols]
+        T, scratch = self._buffers(U.shape[1])
+        torch.index_select(U, 0, rows, out=T).mul_(torch.index_select(V, 0, cols, out=scratch))
         if not truncations:
             error = self.e - self.c * T.sum(1)
-            return -float((torch.from_numpy(self.w) * error.square()).sum()) / weight, None
-        d, Q = (self.wc * self.e) @ T, T.T @ (T * (self.wc * self.c)[:, None])
+            return -float((self.w_t * error.square()).sum()) / weight, None
+        d, Q = self.wce @ T, T.T @ torch.mul(T, self.wcc[:, None], out=scratch)
         squares = self.residual - 2 * d.cumsum(0) + Q.cumsum(0).cumsum(1).diagonal()
         scores = -squares.numpy() / weight
         return float(scores[-1]), scores
