@@ -109,7 +109,10 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
 
     tol : float, default=1e-5
         Stop when an iteration improves the objective by less than ``tol``
-        relative to it.
+        relative to it. Where the iterations converge slowly that is before
+        the limit: on nine problems (``benchmarks/bench_convergence.py``) the
+        default ended 0.005% to 0.83% above the best objective known, and
+        ``tol=1e-7`` within 0.01% of it in 1.4 to 5 times the time.
 
     alpha : float, default=0.0
         Ridge penalty on both factors, the same as the nuclear-norm penalty
