@@ -32,7 +32,7 @@ from sklearn.utils import check_array, check_scalar
 from sklearn.utils.metadata_routing import MetadataRequest
 
 from ._backend import to_numpy, to_tensor
-from ._estimator import _check_missing_entries, _check_sample_weight
+from ._estimator import WeightedTruncatedSVD, _check_missing_entries, _check_sample_weight
 from ._solvers import resolve_solver
 
 __all__ = ["HiddenEntryScorer", "alpha_path"]
@@ -82,7 +82,7 @@ class HiddenEntryScorer:
     >>> W = (rng.uniform(size=truth.shape) < 0.5).astype(float)
     >>> X = np.where(W > 0, truth + 0.5 * rng.normal(size=truth.shape), np.nan)
     >>> with sklearn.config_context(enable_metadata_routing=True):
-    ...     est = WeightedTruncatedSVD(6).set_fit_request(sample_weight=True)
+    ...     est = WeightedTruncatedSVD(3).set_fit_request(sample_weight=True)
     ...     grid = GridSearchCV(
     ...         est, {"alpha": [0.0, 1.0, 3.0]}, scoring=HiddenEntryScorer(),
     ...         cv=KFold(3, shuffle=True, random_state=0),
@@ -299,6 +299,11 @@ def alpha_path(
                 "alphas must be a non-empty 1-D list of finite non-negative penalties, "
                 f"got {alphas!r}."
             )
+    if not isinstance(_last_step(estimator), WeightedTruncatedSVD):
+        raise TypeError(
+            "alpha_path needs a WeightedTruncatedSVD or a Pipeline ending with one, got "
+            f"{type(_last_step(estimator)).__name__}."
+        )
     prefix = f"{estimator.steps[-1][0]}__" if isinstance(estimator, Pipeline) else ""
     if alphas is None:  # alpha_max of the data as the last step sees it (centred, say)
         Xt = clone(estimator[:-1]).fit_transform(X) if prefix else X

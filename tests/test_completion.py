@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import sklearn
 from sklearn.base import clone
+from sklearn.decomposition import TruncatedSVD
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.pipeline import make_pipeline
@@ -482,6 +483,13 @@ def test_alpha_path_names_bad_input(case):
     kwargs, exc, match = cases[case]
     with pytest.raises(exc, match=match):
         alpha_path(WeightedTruncatedSVD(3), X, **{"sample_weight": W, "n_alphas": 3, **kwargs})
+
+
+def test_alpha_path_names_an_estimator_it_cannot_path():
+    X, W, _ = noisy_completion(m=30, n=8)
+    for model in (TruncatedSVD(2), make_pipeline(StandardScaler(), TruncatedSVD(2))):
+        with pytest.raises(TypeError, match="a WeightedTruncatedSVD or a Pipeline ending with one"):
+            alpha_path(model, X, W)
 
 
 def test_the_scorer_names_bad_weights_and_scores_rows_left_with_nothing():
