@@ -426,10 +426,11 @@ class _Fold:
         :func:`_spectral_norm`).
         """
         weight = self.w.sum()
-        if not self.affine:
-            U, V, scores = U.numpy(), V.numpy(), []
+        if not self.affine:  # the products by torch, as below
+            scores = []
             for r in range(1, U.shape[1] + 1) if truncations else [U.shape[1]]:
-                error = self.x - self._back(U[:, :r] @ V[:, :r].T)[self.rows, self.cols]
+                L = (U[:, :r] @ V[:, :r].T).numpy()
+                error = self.x - self._back(L)[self.rows, self.cols]
                 scores.append(-float((self.w * np.square(error)).sum() / weight))
             return scores[-1], np.asarray(scores) if truncations else None
         rows, cols = self.index
