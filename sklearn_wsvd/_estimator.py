@@ -34,6 +34,7 @@ from ._solvers import (
     count_underdetermined,
     energy,
     objective,
+    product_svd,
     resolve_solver,
     solve,
     uniform_weight,
@@ -861,9 +862,7 @@ def _balanced_right_factor(A, B):
     Of all factorisations of ``A @ B`` with k rows it has the smallest
     ``|A|^2 + |B|^2``, which a stationary point of the ridge problem has too.
     """
-    _, Ra = torch.linalg.qr(A)
-    Qb, Rb = torch.linalg.qr(B.T)
-    _, S, vt = torch.linalg.svd(Ra @ Rb.T)
+    _, _, S, vt, Qb = product_svd(A, B)
     return S.sqrt()[:, None] * (vt @ Qb.T)
 
 
@@ -876,9 +875,7 @@ def _svd_of_product(A, B, row_weight):
     Signs follow scikit-learn's ``svd_flip(u_based_decision=False)``: the entry of
     largest magnitude in each row of ``Vt`` is positive.
     """
-    _, Ra = torch.linalg.qr(row_weight.sqrt()[:, None] * A)
-    Qb, Rb = torch.linalg.qr(B.T)
-    _, S, vt = torch.linalg.svd(Ra @ Rb.T)
+    _, _, S, vt, Qb = product_svd(row_weight.sqrt()[:, None] * A, B)
     Vt = vt @ Qb.T
     rows = torch.arange(Vt.shape[0], device=Vt.device)
     signs = torch.sign(Vt[rows, Vt.abs().argmax(dim=1)])

@@ -33,7 +33,7 @@ from sklearn.utils.metadata_routing import MetadataRequest
 
 from ._backend import to_numpy, to_tensor
 from ._estimator import WeightedTruncatedSVD, _check_missing_entries, _check_sample_weight
-from ._solvers import resolve_solver
+from ._solvers import product_svd, resolve_solver
 
 __all__ = ["HiddenEntryScorer", "alpha_path"]
 
@@ -528,9 +528,7 @@ def _components(A, B):
     the right ones, from the thin QRs of the factors in O((m + n) k^2). By
     torch's LAPACK, as :func:`_spectral_norm`.
     """
-    Qa, Ra = torch.linalg.qr(A.double().cpu())
-    Qb, Rb = torch.linalg.qr(B.double().cpu().T)
-    U, s, Vt = torch.linalg.svd(Ra @ Rb.T)
+    Qa, U, s, Vt, Qb = product_svd(A.double().cpu(), B.double().cpu())
     return Qa @ (U * s), Qb @ Vt.T
 
 

@@ -10,6 +10,7 @@ from ._common import (
     Factors,
     energy,
     objective,
+    product_svd,
     revive,
     uniform_weight,
     value_scale,
@@ -51,6 +52,7 @@ __all__ = [
     "energy",
     "INITS",
     "objective",
+    "product_svd",
     "resolve_solver",
     "solve",
     "uniform_weight",
@@ -211,9 +213,7 @@ def complete_rank(X, W, A, B, alpha: float = 0.0, svd_solver: str = "auto"):
     Full-rank pairs are returned unchanged.
     """
     k = A.shape[1]
-    Qa, Ra = torch.linalg.qr(A)
-    Qb, Rb = torch.linalg.qr(B.T)
-    U, S, Vt = torch.linalg.svd(Ra @ Rb.T)
+    Qa, U, S, Vt, Qb = product_svd(A, B)
     eps = torch.finfo(S.dtype).eps
     r = int((S > S[0] * max(X.shape) * eps).sum()) if float(S[0]) > 0 else 0
     if r == k:

@@ -121,6 +121,19 @@ def energy(X, W) -> float:
     return float(squares.sum()) * w * s * s
 
 
+def product_svd(A, B):
+    """The thin SVD of ``A @ B`` (m x k times k x n) in O((m + n) k^2), in pieces.
+
+    Returns ``Qa, U, S, Vt, Qb`` with ``A @ B = (Qa @ U) diag(S) (Vt @ Qb.T)``:
+    the thin QRs ``A = Qa Ra`` and ``B^T = Qb Rb`` and the SVD of the k x k
+    ``Ra Rb^T``. The callers form only the products they need.
+    """
+    Qa, Ra = torch.linalg.qr(A)
+    Qb, Rb = torch.linalg.qr(B.T)
+    U, S, Vt = torch.linalg.svd(Ra @ Rb.T)
+    return Qa, U, S, Vt, Qb
+
+
 def rounding_ridge(trace, k: int, dtype: torch.dtype):
     """Weight ``lam`` of the ridge ``lam |a|^2`` that each least-squares solve adds.
 
