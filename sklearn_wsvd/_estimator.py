@@ -119,8 +119,10 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         Ridge penalty on both factors, the same as the nuclear-norm penalty
         ``2 * alpha * |A B|_*`` (with components to spare, the iterative solvers
         reach the nuclear-norm-penalised optimum: SoftImpute's, for missing
-        entries). The closed forms are exact with a ridge only for uniform
-        weights (singular values soft-thresholded by ``alpha``). ``transform``
+        entries; the components the ridge removes cost their iterations
+        nothing, so ``n_components`` can be generous). The closed forms are
+        exact with a ridge only for uniform weights (singular values
+        soft-thresholded by ``alpha``). ``transform``
         fits new rows under the same ridge. Matrix completion needs one: choose
         it by cross-validation over hidden entries
         (:class:`~sklearn_wsvd.model_selection.HiddenEntryScorer`,

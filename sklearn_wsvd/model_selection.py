@@ -33,7 +33,7 @@ from sklearn.utils.metadata_routing import MetadataRequest
 
 from ._backend import to_numpy, to_tensor
 from ._estimator import WeightedTruncatedSVD, _check_missing_entries, _check_sample_weight
-from ._solvers import product_svd, resolve_solver
+from ._solvers import live_components, product_svd, resolve_solver
 
 __all__ = ["HiddenEntryScorer", "alpha_path"]
 
@@ -465,9 +465,11 @@ def _path(folds, k, alphas, patience, truncations, seeds, rank=None):
         row, row_ranked, fits = [], [], []
         for f, fold in enumerate(folds):
             A, B = inits[f] = fold.fit(alpha, k, inits[f])
-            U, V = _components(A, B) if truncations else (A.double().cpu(), B.double().cpu().T)
+            U, V = _live(A, B, truncations)
             score, truncated = fold.score(U, V, truncations)
             row.append(score)
+            if truncations:  # a truncation to more components than the fit has is the fit
+                truncated = np.pad(truncated, (0, k - len(truncated)), mode="edge")
             row_ranked.append(truncated)
             fits.append((U, V))
         scores.append(row)
@@ -496,6 +498,18 @@ def _path(folds, k, alphas, patience, truncations, seeds, rank=None):
     if truncations:  # computed over the rank-k path's penalties: its stop is theirs
         path["rank_scores"] = np.array(ranked)
     return path
+
+
+def _live(A, B, components: bool):
+    """``U, V`` with ``U V^T`` the fit ``A B`` (float64, CPU), of its live components alone.
+
+    The vanished ones (:func:`~sklearn_wsvd._solvers.live_components`; one is
+    kept where all have) would cost as much to score and add nothing. With
+    ``components``, the singular ones (:func:`_components`).
+    """
+    live = live_components(A, B)
+    A, B = live if live[0].shape[1] else (A[:, :1], B[:1])
+    return _components(A, B) if components else (A.double().cpu(), B.double().cpu().T)
 
 
 def _rank(U, dtype) -> int:

@@ -9,7 +9,9 @@ import torch
 from ._common import (
     Factors,
     energy,
+    live_components,
     objective,
+    pad_components,
     product_svd,
     revive,
     uniform_weight,
@@ -51,7 +53,9 @@ __all__ = [
     "count_underdetermined",
     "energy",
     "INITS",
+    "live_components",
     "objective",
+    "pad_components",
     "product_svd",
     "resolve_solver",
     "solve",
@@ -221,10 +225,8 @@ def complete_rank(X, W, A, B, alpha: float = 0.0, svd_solver: str = "auto"):
     root = S[:r].sqrt()
     A0, B0 = (Qa @ U[:, :r]) * root, root[:, None] * (Vt[:r] @ Qb.T)
     if alpha > 0:
-        A0 = torch.cat([A0, A0.new_zeros(A0.shape[0], k - r)], dim=1)
-        B0 = torch.cat([B0, B0.new_zeros(k - r, B0.shape[1])], dim=0)
-        revived = revive(X, W, A0, B0, alpha, objective(X, W, A0, B0, alpha), tol=0.0)
-        return (A0, B0) if revived is None else revived
+        revived = revive(X, W, A0, B0, alpha, objective(X, W, A0, B0, alpha), tol=0.0, rank=k)
+        return pad_components(*(revived or (A0, B0)), k)
     R = X - A0 @ B0
     A1, B1 = rank1(R, W, k - r, 0.0, svd_solver)
     M = A1 @ B1

@@ -193,13 +193,20 @@ def iterate(
     multiplies every objective reported (history and callback), so that they are
     in the caller's units.
 
-    A stall with a vanished component (a column of ``A`` and a row of ``B`` at
-    zero, as the ridge leaves them) is not yet convergence where the objective
-    can still fall along new rank-one directions (:func:`revive`): the
-    vanished components are revived there and the run goes on. ``restart(A, B)``
-    then tells the step to forget its state (momentum, previous directions); a
-    solver without it is never revived.
+    A stall with room for more components (fewer live ones than ``A`` has
+    columns: a column of ``A`` and a row of ``B`` at zero, as the ridge leaves
+    them) is not yet convergence where the objective can still fall along new
+    rank-one directions (:func:`revive`): components are revived there and the
+    run goes on. ``restart(A, B)`` then tells the step to forget its state
+    (momentum, previous directions); a solver without it is never revived.
+    Such a solver's steps see only the live components (:func:`live_components`:
+    the vanished ones would stay zero and cost as much as the others), the
+    revivals add to them, and the factors returned (and ``callback``'s) have
+    every column, the vanished ones zero.
     """
+    k = A.shape[1]
+    if restart is not None:
+        A, B = live_components(A, B)
     f = objective(X, W, A, B, alpha)
     best = (f, A, B)
     eps = torch.finfo(X.dtype).eps
@@ -216,7 +223,7 @@ def iterate(
                 A, B = revived
                 restart(A, B)
                 revived = None
-            out = step(A, B, it)
+            out = step(A, B, it) if A.shape[1] else (A, B)
             A, B = out[0], out[1]
             f_prev, f = f, out[2] if len(out) == 3 else objective(X, W, A, B, alpha)
             history.append(f * scale)
@@ -231,7 +238,7 @@ def iterate(
                 )
             if f < best[0]:
                 best = (f, A, B)
-            if callback is not None and callback(it, A, B, f * scale):
+            if callback is not None and callback(it, *pad_components(A, B, k), f * scale):
                 stopped = True
                 break
             low, high = sorted((abs(f_prev), abs(f)))
@@ -239,19 +246,45 @@ def iterate(
             stalled = abs(f_prev - f) <= tol * low + noise
             stalls = stalls + 1 if stalled else 0
             if stalls >= patience:
-                if restart is not None and revivals < A.shape[1]:
-                    revived = revive(X, W, A, B, alpha, f, tol)
+                if restart is not None and revivals < k:
+                    revived = revive(X, W, A, B, alpha, f, tol, rank=k)
                 if revived is None:
                     converged = True
                     break
                 revivals, stalls = revivals + 1, 0
     rounding_limited = converged and noise > tol * low
     converged = converged or stopped or max_iter == 0
-    return Factors(best[1], best[2], it, history, seconds, converged, rounding_limited)
+    A, B = pad_components(best[1], best[2], k)
+    return Factors(A, B, it, history, seconds, converged, rounding_limited)
 
 
-def revive(X, W, A, B, alpha: float, f: float, tol: float):
-    """Give the vanished components of ``(A, B)`` the directions that lower the objective most.
+def live_components(A, B):
+    """The columns of ``A`` and rows of ``B`` whose products have not vanished.
+
+    Vanished: ``|a_l| |b_l|`` at most ``sqrt(eps)`` times the largest (all of
+    them where every product is zero), as a ridge leaves the components it
+    removes; :func:`revive` treats them as room for new ones.
+    """
+    if A.shape[1] == 0:
+        return A, B
+    size = torch.linalg.vector_norm(A, dim=0) * torch.linalg.vector_norm(B, dim=1)
+    live = size > torch.finfo(A.dtype).eps ** 0.5 * size.max()
+    return (A, B) if bool(live.all()) else (A[:, live], B[live])
+
+
+def pad_components(A, B, k: int):
+    """``A`` and ``B`` with zero components appended up to ``k``."""
+    r = A.shape[1]
+    if r == k:
+        return A, B
+    return (
+        torch.cat([A, A.new_zeros(A.shape[0], k - r)], dim=1),
+        torch.cat([B, B.new_zeros(k - r, B.shape[1])], dim=0),
+    )
+
+
+def revive(X, W, A, B, alpha: float, f: float, tol: float, rank: int | None = None):
+    """Add to the live components of ``(A, B)`` the directions that lower the objective most.
 
     With a ridge, a component whose column of ``A`` and row of ``B`` are both
     zero is a stationary point that no solver leaves, though the objective may
@@ -260,21 +293,23 @@ def revive(X, W, A, B, alpha: float, f: float, tol: float):
     ``G = W * (X - A B)``. So the fit is optimal over all ranks (the
     nuclear-norm-penalised optimum, when components are to spare) only where
     the largest singular value of ``G`` is at most ``alpha``. Otherwise the
-    ``r`` components that have vanished (below ``sqrt(eps)`` of the largest)
-    take the top ``r`` singular pairs of ``G`` above ``alpha``, all at once:
-    each at its own best step ``t_i``, the whole scaled by the exact line
-    search along their sum (``u_i^T G v_j = 0`` for ``i != j``, so the
-    objective is quadratic along it). Where the ridge has zeroed every
-    component of a start, the fit reaches the optimum's rank in one revival
-    rather than in one per component, each followed by iterations to a stall.
-    Returns the new pair, or None where nothing lowers ``f`` by more than ``tol``
-    relative to it.
+    room left beside the live components (:func:`live_components`; ``r`` of
+    ``rank``, by default ``A``'s columns) takes the top ``r`` singular pairs of
+    ``G`` above ``alpha``, all at once: each at its own best step ``t_i``, the
+    whole scaled by the exact line search along their sum (``u_i^T G v_j = 0``
+    for ``i != j``, so the objective is quadratic along it). Where the ridge
+    has zeroed every component of a start, the fit reaches the optimum's rank
+    in one revival rather than in one per component, each followed by
+    iterations to a stall. Returns the live components followed by the new
+    ones (at most ``rank`` in all), or None where there is no room or nothing
+    lowers ``f`` by more than ``tol`` relative to it.
     """
     from .closed_form import REVIVE_RANDOMIZED_MIN_SIDE, truncated_svd  # it imports this module
 
-    size = torch.linalg.vector_norm(A, dim=0) * torch.linalg.vector_norm(B, dim=1)
-    vanished = torch.nonzero(size <= torch.finfo(A.dtype).eps ** 0.5 * size.max())[:, 0]
-    if len(vanished) == 0:
+    rank = A.shape[1] if rank is None else rank
+    A, B = live_components(A, B)
+    room = rank - A.shape[1]
+    if room <= 0:
         return None
     G = torch.addmm(X, A, B, alpha=-1.0).mul_(W)
     # On large matrices a randomized SVD finds descending directions for less (its
@@ -283,9 +318,9 @@ def revive(X, W, A, B, alpha: float, f: float, tol: float):
     cheap = min(G.shape) >= REVIVE_RANDOMIZED_MIN_SIDE
     for exact in (False, True) if cheap else (True,):
         if exact:
-            U, V = _top_singular_pairs(G, len(vanished), above=alpha)
+            U, V = _top_singular_pairs(G, room, above=alpha)
         else:
-            U, V = truncated_svd(G, len(vanished), svd_solver="randomized")
+            U, V = truncated_svd(G, room, svd_solver="randomized")
             U = U / torch.linalg.vector_norm(U, dim=0).clamp_min(tiny(U.dtype))
             V = V / torch.linalg.vector_norm(V, dim=1, keepdim=True).clamp_min(tiny(V.dtype))
         gain = (U * (G @ V.T)).sum(0) - alpha  # u_i^T G v_i - alpha
@@ -302,9 +337,8 @@ def revive(X, W, A, B, alpha: float, f: float, tol: float):
     t = gain / curvature[keep]
     N = (U * t) @ V
     t = t * float((t * gain).sum()) / float((W * N.square()).sum())
-    A, B = A.clone(), B.clone()
-    j = vanished[: len(t)]
-    A[:, j], B[j] = U * t.sqrt(), t.sqrt()[:, None] * V
+    A = torch.cat([A, U * t.sqrt()], dim=1)
+    B = torch.cat([B, t.sqrt()[:, None] * V], dim=0)
     if objective(X, W, A, B, alpha) >= f * (1 - tol):
         return None
     return A, B

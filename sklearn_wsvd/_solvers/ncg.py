@@ -10,9 +10,11 @@ descending) on the gradient preconditioned by the Hessian blocks of the rank-one
 model of the weights, ``W ~ a b^T``: with ``B`` fixed the block of row ``i`` of
 ``A`` is ``a_i B diag(b) B^T + alpha I`` (exact for rank-one weights), one
 k x k eigendecomposition for all rows, and likewise for the columns of ``B``.
-A step costs five products of O(m n k), under a third of an ``"als-cg"`` sweep, and
-some twenty passes over the matrix; it knows the objective and the residual at its
-new point (``E + t E1 + t^2 E2``), which the next step starts from.
+A step costs five products of O(m n k), ``k`` the live components (see
+:func:`~sklearn_wsvd._solvers._common.iterate`), under a third of an
+``"als-cg"`` sweep, and some twenty passes over the matrix; it knows the
+objective and the residual at its new point (``E + t E1 + t^2 E2``), which the
+next step starts from.
 """
 
 from __future__ import annotations
@@ -120,14 +122,14 @@ def ncg(X, W, A, B, *, alpha=0.0, max_iter=1000, tol=1e-5, sweeps=3, cg_steps=3,
     one vector, whose inner products are one operation each.
     """
     a, b = rank_one_approximation(W)
-    m, k = A.shape
+    m = A.shape[0]
     residual, weighted, second, scratch = workspace(X, 4)
     state = {}
 
     def dot(P, Q):  # sum(P * Q) of two buffers or vectors (not to the dtype's accuracy)
         return float(torch.dot(P.view(-1), Q.view(-1)))
 
-    def factors(v):  # the (A, B) parts of a vector of both, as views
+    def factors(v, k):  # the (A, B) parts of a vector of both, as views
         return v[: m * k].view(m, k), v[m * k :].view(k, -1)
 
     def restart(A, B):
@@ -136,6 +138,7 @@ def ncg(X, W, A, B, *, alpha=0.0, max_iter=1000, tol=1e-5, sweeps=3, cg_steps=3,
     def step(A, B, it):
         if it <= sweeps:
             return cg_sweep(X, W, A, B, alpha, cg_steps, scratch)
+        k = A.shape[1]  # the live components (see iterate)
         # The factors live in one vector P = (A, B), and so do the gradient G, its
         # preconditioned Z and the direction D: their inner products are single dots.
         # The residual E = A B - X is carried from the last step (E + t E1 + t^2 E2),
@@ -154,7 +157,7 @@ def ncg(X, W, A, B, *, alpha=0.0, max_iter=1000, tol=1e-5, sweeps=3, cg_steps=3,
         else:
             f0 = state["f"]
         G = torch.empty_like(P)
-        GA, GB = factors(G)
+        GA, GB = factors(G, k)
         torch.mm(R, B.T, out=GA)
         torch.mm(A.T, R, out=GB)
         if alpha:
@@ -165,7 +168,7 @@ def ncg(X, W, A, B, *, alpha=0.0, max_iter=1000, tol=1e-5, sweeps=3, cg_steps=3,
         ra = (W @ nb) / max(float(b @ nb), tiny(W.dtype))
         rb = (na @ W) / max(float(a @ na), tiny(W.dtype))
         Z = torch.empty_like(P)
-        ZA, ZB = factors(Z)
+        ZA, ZB = factors(Z, k)
         eigen = "V" not in state or (it - state["eigen"]) % EIGEN_EVERY == 0
         VA, VB = (None, None) if eigen else state["V"]
         d, VA = _block_inverse(B, b, ra, alpha, True, VA)
@@ -185,7 +188,7 @@ def ncg(X, W, A, B, *, alpha=0.0, max_iter=1000, tol=1e-5, sweeps=3, cg_steps=3,
         if D is None:
             D, gd = -Z, -gz
         state.update(Z=Z, gz=gz, D=D)
-        DA, DB = factors(D)
+        DA, DB = factors(D, k)
         # Along the line the residual is E + t E1 + t^2 E2, with E1 = DA B + A DB and
         # E2 = DA DB. The gradient gives c1 = 2 sum(W E E1) at the cost of a dot.
         c1 = 2.0 * gd
@@ -205,7 +208,7 @@ def ncg(X, W, A, B, *, alpha=0.0, max_iter=1000, tol=1e-5, sweeps=3, cg_steps=3,
             return A, B
         f = f0 + (((c4 * t + c3) * t + c2) * t + c1) * t
         P = torch.add(P, D, alpha=t)
-        A, B = factors(P)
+        A, B = factors(P, k)
         residual.add_(E1, alpha=t).add_(E2, alpha=t * t)
         state.update(A=A, B=B, P=P, f=f)
         # Where the step removes nearly all of f0, the sum cancels and rounding
