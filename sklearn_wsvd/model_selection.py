@@ -33,7 +33,7 @@ from sklearn.utils.metadata_routing import MetadataRequest
 
 from ._backend import to_numpy, to_tensor
 from ._estimator import WeightedTruncatedSVD, _check_missing_entries, _check_sample_weight
-from ._solvers import live_components, product_svd, resolve_solver
+from ._solvers import live_components, pad_components, product_svd, resolve_solver
 
 __all__ = ["HiddenEntryScorer", "alpha_path"]
 
@@ -460,7 +460,7 @@ def _path(folds, k, alphas, patience, truncations, seeds, rank=None):
     seed = max((q for q in seeds if q <= rank), default=None) if rank else None
     if seed is not None:
         scores, fits = list(seeds[seed][0]), seeds[seed][1]
-        inits = [(_pad(A, rank, 1), _pad(B, rank, 0)) for A, B in fits]
+        inits = [pad_components(A, B, rank) for A, B in fits]
     for alpha in alphas[len(scores) :]:
         row, row_ranked, fits = [], [], []
         for f, fold in enumerate(folds):
@@ -516,13 +516,6 @@ def _rank(U, dtype) -> int:
     """Components the ridge left in a fit ``U V^T``: those above the rounding of its dtype."""
     size = torch.linalg.vector_norm(U, dim=0)
     return int((size > torch.finfo(dtype).eps ** 0.5 * size.max()).sum())
-
-
-def _pad(F, k, dim):
-    """``F`` with zeros appended along ``dim`` up to ``k`` (components the ridge removed)."""
-    shape = list(F.shape)
-    shape[dim] = k - shape[dim]
-    return torch.cat([F, F.new_zeros(shape)], dim=dim)
 
 
 # Steps that map each column by ``x -> a x + b``: truncations are scored at the hidden

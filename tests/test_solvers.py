@@ -747,6 +747,31 @@ def test_a_revival_from_zero_is_the_soft_thresholded_svd_under_uniform_weights(r
     assert bool((torch.linalg.vector_norm(A, dim=0) > 0).all())
 
 
+@pytest.mark.parametrize("margin", [1.002, 1.02])
+def test_a_revival_that_could_not_pass_its_tolerance_is_not_searched_for(rng, margin, monkeypatch):
+    # With the top singular value of the weighted residual a factor ``margin``
+    # above alpha, no new component can lower the objective by more than
+    # (1 - 1 / margin)^2 of it: at tol = 1e-4 a revival is ruled out at 1.002
+    # (< 1 / (1 - 0.01)) by the Cholesky certificate alone, and at 1.02 it is
+    # searched for. What tol=0 finds confirms the bound.
+    X = torch.as_tensor(rng.normal(size=(60, 40)))
+    W = torch.as_tensor((rng.uniform(size=(60, 40)) < 0.5).astype(float))
+    A, B = torch.zeros(60, 3, dtype=X.dtype), torch.zeros(3, 40, dtype=X.dtype)
+    alpha = float(torch.linalg.matrix_norm(W * X, ord=2)) / margin
+    f = float(_common.objective(X, W, A, B, alpha))
+    best = _common.revive(X, W, A, B, alpha, f, tol=0.0)
+    fall = (f - float(_common.objective(X, W, *best, alpha))) / f
+    assert 0 < fall <= (1 - 1 / margin) ** 2
+    counted = []
+    count_negative = _common._count_negative
+    monkeypatch.setattr(
+        _common, "_count_negative", lambda S: counted.append(1) or count_negative(S)
+    )
+    revived = _common.revive(X, W, A, B, alpha, f, tol=1e-4)
+    assert (revived is None) == (fall <= 1e-4)
+    assert counted == ([] if margin < 1 / 0.99 else [1])
+
+
 def test_a_revival_keeps_the_live_components_and_fills_only_the_room_left(rng):
     X = torch.as_tensor(rng.normal(size=(30, 20)))
     W = torch.ones_like(X)

@@ -303,13 +303,23 @@ def revive(X, W, A, B, alpha: float, f: float, tol: float, rank: int | None = No
     iterations to a stall. Returns the live components followed by the new
     ones (at most ``rank`` in all), or None where there is no room or nothing
     lowers ``f`` by more than ``tol`` relative to it.
+
+    That is certain, without looking for directions, where no singular value
+    of ``G`` exceeds ``alpha / (1 - sqrt(tol))``: along new components ``N =
+    sum t_i u_i v_i^T`` (unit vectors, ``t_i >= 0``) the objective falls at most
+    by ``(<G, N> - alpha sum t_i)^2 / sum W N^2``, and by Cauchy-Schwarz ``<G, N>
+    = sum W (X - A B) N`` is at most ``sqrt(f sum W N^2)``, so the fall is at
+    most ``f (1 - alpha / sigma_max)^2``. On a completion path the stalls
+    whose residual has singular values a percent or two above the ridge end
+    there, rather than in a search for them that a subspace iteration cannot
+    separate and a full eigendecomposition settles.
     """
     from .closed_form import REVIVE_RANDOMIZED_MIN_SIDE, truncated_svd  # it imports this module
 
     rank = A.shape[1] if rank is None else rank
     A, B = live_components(A, B)
     room = rank - A.shape[1]
-    if room <= 0:
+    if room <= 0 or tol >= 1:  # no fall exceeds f itself
         return None
     G = torch.addmm(X, A, B, alpha=-1.0).mul_(W)
     # On large matrices a randomized SVD finds descending directions for less (its
@@ -318,7 +328,7 @@ def revive(X, W, A, B, alpha: float, f: float, tol: float, rank: int | None = No
     cheap = min(G.shape) >= REVIVE_RANDOMIZED_MIN_SIDE
     for exact in (False, True) if cheap else (True,):
         if exact:
-            U, V = _top_singular_pairs(G, room, above=alpha)
+            U, V = _top_singular_pairs(G, room, above=alpha, unless=alpha / (1 - tol**0.5))
         else:
             U, V = truncated_svd(G, room, svd_solver="randomized")
             U = U / torch.linalg.vector_norm(U, dim=0).clamp_min(tiny(U.dtype))
@@ -344,15 +354,16 @@ def revive(X, W, A, B, alpha: float, f: float, tol: float, rank: int | None = No
     return A, B
 
 
-def _top_singular_pairs(G, r: int, above: float):
+def _top_singular_pairs(G, r: int, above: float, unless: float | None = None):
     """Unit singular pairs ``U, V`` of ``G`` whose values exceed ``above``, at most ``r`` of them.
 
-    From the Gram matrix of the smaller side, in float64, several times cheaper
-    than LAPACK's SVD. Where ``above > 0``, a Cholesky factorisation of
-    ``above**2 I - gram`` comes first: it exists only where no singular value
-    exceeds ``above`` (a converged fit), which it certifies exactly enough (the
-    squares are accurate to about 1e-16 of the largest) for a small part of an
-    eigendecomposition's cost. Otherwise the inertia of its LDL^T factorisation
+    No pair where no singular value exceeds ``unless`` (at least ``above``; by
+    default ``above``). From the Gram matrix of the smaller side, in float64,
+    several times cheaper than LAPACK's SVD. Where ``unless > 0``, a Cholesky
+    factorisation of ``unless**2 I - gram`` comes first: it exists only where no
+    singular value exceeds ``unless`` (a converged fit), which it certifies
+    exactly enough (the squares are accurate to about 1e-16 of the largest) for
+    a small part of an eigendecomposition's cost. Otherwise the inertia of its LDL^T factorisation
     (Sylvester's law) counts the values above, ``c``, and the top ``p = min(r,
     c)`` eigenvectors of the Gram matrix give the pairs: by a subspace
     iteration where ``p`` is small against the side (a 214 x 214 Gram matrix
@@ -366,11 +377,11 @@ def _top_singular_pairs(G, r: int, above: float):
     M = G.double() if G.shape[0] <= G.shape[1] else G.T.double()
     gram = M @ M.T
     p = min(r, len(gram))
-    if above > 0:
-        shifted = torch.diag_embed(gram.new_full((len(gram),), above * above)) - gram
-        if int(torch.linalg.cholesky_ex(shifted).info) == 0:
+    unless = above if unless is None else unless
+    if unless > 0:
+        if int(torch.linalg.cholesky_ex(_shifted(gram, unless**2)).info) == 0:
             return G.new_zeros(G.shape[0], 0), G.new_zeros(0, G.shape[1])
-        p = min(r, _count_negative(shifted))
+        p = min(r, _count_negative(_shifted(gram, above**2)))
     squares, U = _top_eigenpairs(gram, p, G.dtype)
     n = int((squares > above * above).sum())
     if n == 0 and p > 0:  # on a flat spectrum the iteration can miss what the count found
@@ -382,6 +393,13 @@ def _top_singular_pairs(G, r: int, above: float):
     if G.shape[0] > G.shape[1]:
         U, V = V.T, U.T
     return U.to(G.dtype), V.to(G.dtype)
+
+
+def _shifted(S, c: float):
+    """``c I - S``."""
+    shifted = -S
+    shifted.diagonal().add_(c)
+    return shifted
 
 
 # A subspace iteration: this many vectors beyond those wanted, and multiplications.
