@@ -304,15 +304,16 @@ def revive(X, W, A, B, alpha: float, f: float, tol: float, rank: int | None = No
     ones (at most ``rank`` in all), or None where there is no room or nothing
     lowers ``f`` by more than ``tol`` relative to it.
 
-    That is certain, without looking for directions, where no singular value
-    of ``G`` exceeds ``alpha / (1 - sqrt(tol))``: along new components ``N =
-    sum t_i u_i v_i^T`` (unit vectors, ``t_i >= 0``) the objective falls at most
-    by ``(<G, N> - alpha sum t_i)^2 / sum W N^2``, and by Cauchy-Schwarz ``<G, N>
-    = sum W (X - A B) N`` is at most ``sqrt(f sum W N^2)``, so the fall is at
-    most ``f (1 - alpha / sigma_max)^2``. On a completion path the stalls
-    whose residual has singular values a percent or two above the ridge end
-    there, rather than in a search for them that a subspace iteration cannot
-    separate and a full eigendecomposition settles.
+    That is certain where no singular value of ``G`` exceeds ``alpha / (1 -
+    sqrt(tol))``, which the exact search certifies before it looks for any:
+    along new components ``N = sum t_i u_i v_i^T`` (unit vectors, ``t_i >=
+    0``) the objective falls at most by ``(<G, N> - alpha sum t_i)^2 / sum W
+    N^2``, and by Cauchy-Schwarz ``<G, N> = sum W (X - A B) N`` is at most
+    ``sqrt(f sum W N^2)``, so the fall is at most ``f (1 - alpha /
+    sigma_max)^2``. On a completion path the stalls whose residual has
+    singular values a percent or two above the ridge end there, rather than in
+    a search for them that a subspace iteration cannot separate and a full
+    eigendecomposition settles.
     """
     from .closed_form import REVIVE_RANDOMIZED_MIN_SIDE, truncated_svd  # it imports this module
 
@@ -363,16 +364,17 @@ def _top_singular_pairs(G, r: int, above: float, unless: float | None = None):
     factorisation of ``unless**2 I - gram`` comes first: it exists only where no
     singular value exceeds ``unless`` (a converged fit), which it certifies
     exactly enough (the squares are accurate to about 1e-16 of the largest) for
-    a small part of an eigendecomposition's cost. Otherwise the inertia of its LDL^T factorisation
-    (Sylvester's law) counts the values above, ``c``, and the top ``p = min(r,
-    c)`` eigenvectors of the Gram matrix give the pairs: by a subspace
-    iteration where ``p`` is small against the side (a 214 x 214 Gram matrix
-    with ``p`` of a few: 0.3 ms against the eigendecomposition's 1.7), whose
-    Ritz values, lower bounds of the eigenvalues, keep only pairs that truly
-    exceed ``above``; by the eigendecomposition otherwise, or where the
-    iteration found none of the ``c`` (a flat spectrum), so that no pair is
-    returned only where none exceeds ``above``. The pairs need not be exact
-    (the caller computes each pair's gain).
+    a small part of an eigendecomposition's cost. Otherwise the inertia of the
+    LDL^T factorisation of ``above**2 I - gram`` (Sylvester's law) counts the
+    values above, ``c``, and the top ``p = min(r, c)`` eigenvectors of the
+    Gram matrix give the pairs: by a subspace iteration where ``p`` is small
+    against the side (a 214 x 214 Gram matrix with ``p`` of a few: 0.3 ms
+    against the eigendecomposition's 1.7), whose Ritz values, lower bounds of
+    the eigenvalues, keep only pairs that truly exceed ``above``; by the
+    eigendecomposition otherwise, or where the iteration found none of the
+    ``c`` (a flat spectrum), so that no pair is returned only where none
+    exceeds ``above``. The pairs need not be exact (the caller computes each
+    pair's gain).
     """
     M = G.double() if G.shape[0] <= G.shape[1] else G.T.double()
     gram = M @ M.T
