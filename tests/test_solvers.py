@@ -792,7 +792,7 @@ def test_a_revival_keeps_the_live_components_and_fills_only_the_room_left(rng):
     assert _common.revive(X, W, A[:, :2], B[:2], alpha, f, tol=0.0) is None
 
 
-def test_steps_see_the_live_components_and_the_fit_has_every_column(rng):
+def test_steps_see_the_live_components_and_the_fit_has_every_column(rng, monkeypatch):
     # A ridge that keeps about four components of eight: the steps work on the
     # live ones alone (those of the start and those a revival adds), while the
     # callback and the factors returned have all eight columns, the others zero.
@@ -813,11 +813,8 @@ def test_steps_see_the_live_components_and_the_fit_has_every_column(rng):
     def record(n_iter, A, B, objective):
         seen.append(A.shape[1])
 
-    ncg.cg_sweep = sweep
-    try:
-        fit = solve(X, W, 8, solver="ncg", init=(A0, B0), alpha=alpha, sweeps=3, callback=record)
-    finally:
-        ncg.cg_sweep = original
+    monkeypatch.setattr(ncg, "cg_sweep", sweep)
+    fit = solve(X, W, 8, solver="ncg", init=(A0, B0), alpha=alpha, sweeps=3, callback=record)
     assert len(widths) == 3 and 2 < widths[0] < 8
     assert set(seen) == {8} and fit.A.shape == (40, 8) and fit.B.shape == (8, 30)
     zero = (fit.A.abs().amax(0) == 0) & (fit.B.abs().amax(1) == 0)
