@@ -552,6 +552,13 @@ def test_complete_rank_under_a_ridge_adds_only_the_directions_that_lower_the_obj
     A2, B2 = complete_rank(X, W, A, B, alpha)
     torch.testing.assert_close(A2 @ B2, (U * (s - alpha).clamp_min(0)) @ Vt, rtol=0, atol=1e-10)
     assert int((torch.linalg.vector_norm(A2, dim=0) > 0).sum()) == 4
+    # the live component is kept as it is, the new ones beside it
+    assert torch.equal(A2[:, 0], A[:, 0]) and torch.equal(B2[0], B[0])
+    # a start with every component live but a deficient product (two equal ones, a
+    # saddle that no solver leaves) is reduced to its product's rank and completed
+    A4, B4 = torch.cat([A[:, :1], A[:, :1]], 1) / 2**0.5, torch.cat([B[:1], B[:1]]) / 2**0.5
+    A5, B5 = complete_rank(X, W, A4, B4, alpha)
+    assert torch.linalg.matrix_rank(A5 @ B5) == 2
     # above every singular value of the residual nothing is added
     A3, B3 = complete_rank(X, W, A, B, float(s[0]) * 1.01)
     torch.testing.assert_close(A3 @ B3, A @ B, rtol=0, atol=1e-12)

@@ -194,8 +194,9 @@ def ncg(X, W, A, B, *, alpha=0.0, max_iter=1000, tol=1e-5, sweeps=3, cg_steps=3,
         c1 = 2.0 * gd
         E2 = torch.mm(DA, DB, out=second)
         c2 = 2.0 * dot(R, E2)
-        # R is done with: its buffer takes E1 (one product of the stacked factors).
-        E1 = torch.mm(torch.cat([DA, A], 1), torch.cat([B, DB], 0), out=weighted)
+        # R is done with: its buffer takes E1 (two products into it: stacking the
+        # factors for one would copy them, which costs more on small matrices).
+        E1 = torch.mm(DA, B, out=weighted).addmm_(A, DB)
         WE = torch.mul(W, E1, out=scratch)
         c2 += dot(WE, E1)
         c3 = 2.0 * dot(WE, E2)
