@@ -14,6 +14,13 @@ data standardised, a rank-20 matrix plus unit noise (400 x 400, k = 40), two
 hidden at random. Fits stop at ``tol=1e-4``; times are warm medians of
 ``--repeats`` runs.
 
+It also checks ``alpha_path``'s ``patience`` (how many penalties past the best
+score a path goes on) on these fourteen completions and the eight of
+``bench_completion.py``: whether stopping one, two or three penalties past the
+best chooses the penalty, rank and centring that the full path (``patience=None``)
+chooses, with and without ``select_rank``, and whether each full path's score
+falls at every penalty past its best.
+
     python benchmarks/bench_rank_selection.py
 
 Writes results/rank_selection.json and results/rank_selection.md.
@@ -27,7 +34,7 @@ from functools import partial
 
 import numpy as np
 from _common import RESULTS, write_json
-from bench_completion import _complete, _model, rmse, timed
+from bench_completion import _complete, _model, cases, rmse, timed
 from sklearn.datasets import load_breast_cancer, load_digits, load_sample_image, load_wine
 from sklearn.preprocessing import StandardScaler
 
@@ -60,12 +67,48 @@ def matrices():
     }
 
 
-def choose(X_missing, W, k, select_rank):
-    paths = {
-        c: alpha_path(_model(k, c), X_missing, W, select_rank=select_rank) for c in (False, True)
-    }
+def completions():
+    """(label, data, observed, k) of the fourteen completions."""
+    out = []
+    for name, (X, k) in matrices().items():
+        for missing in (0.3, 0.7):
+            observed = np.random.default_rng(0).uniform(size=X.shape) >= missing
+            out.append((f"{name}, {missing:.0%} missing", X, observed, k))
+    return out
+
+
+def choose(X_missing, W, k, select_rank, patience=2, paths=None):
+    """(centred, rank, alpha) chosen; ``paths`` (a dict) receives the two paths."""
+    paths = {} if paths is None else paths
+    for c in (False, True):
+        paths[c] = alpha_path(
+            _model(k, c), X_missing, W, select_rank=select_rank, patience=patience
+        )
     centred = max(paths, key=lambda c: paths[c]["best_score"])
     return centred, paths[centred]["best_rank"], paths[centred]["best_alpha"]
+
+
+PATIENCES = (1, 2, 3)
+
+
+def patience_check():
+    """Choices with each patience against the full path's, on all 22 completions."""
+    rows = []
+    for label, X, observed, k in completions() + cases():
+        X_missing, W = np.where(observed, X, np.nan), observed.astype(float)
+        row = {"case": label, "falls_past_best": True}
+        for select_rank in (False, True):
+            full = {}
+            reference = choose(X_missing, W, k, select_rank, patience=None, paths=full)
+            for path in full.values():
+                mean = path["mean_test_score"][int(np.argmax(path["mean_test_score"])) :]
+                row["falls_past_best"] &= bool(np.all(np.diff(mean) < 0))
+            for patience in PATIENCES:
+                chosen = choose(X_missing, W, k, select_rank, patience=patience)
+                row[f"patience {patience}, select_rank={select_rank}"] = chosen == reference
+        rows.append(row)
+        print(row, flush=True)
+    return rows
 
 
 def main():
@@ -79,30 +122,44 @@ def main():
         "| rank | ratio |",
         "|---|---|---|---|---|---|",
     ]
-    for name, (X, k) in matrices().items():
-        for missing in (0.3, 0.7):
-            observed = np.random.default_rng(0).uniform(size=X.shape) >= missing
-            X_missing, W = np.where(observed, X, np.nan), observed.astype(float)
-            row = {"case": f"{name}, {missing:.0%} missing", "k": k}
-            for key, select_rank in (("rank_k", False), ("rank_chosen", True)):
-                fit = partial(choose, X_missing, W, k, select_rank)
-                seconds, (centred, rank, alpha) = timed(fit, args.repeats)
-                L = _complete(_model(rank, centred, alpha), X_missing, W)
-                row[key] = {
-                    "rmse": rmse(L, X, observed),
-                    "selection_seconds": seconds,
-                    "rank": rank,
-                    "centred": centred,
-                    "alpha": alpha,
-                }
-            a, b = row["rank_k"], row["rank_chosen"]
-            lines.append(
-                f"| {row['case']} | {k} | {a['rmse']:.4g} ({a['selection_seconds']:.2f}) "
-                f"| {b['rmse']:.4g} ({b['selection_seconds']:.2f}) | {b['rank']} "
-                f"| {b['rmse'] / a['rmse']:.3f} |"
-            )
-            print(lines[-1], flush=True)
-            results["cases"].append(row)
+    for label, X, observed, k in completions():
+        X_missing, W = np.where(observed, X, np.nan), observed.astype(float)
+        row = {"case": label, "k": k}
+        for key, select_rank in (("rank_k", False), ("rank_chosen", True)):
+            fit = partial(choose, X_missing, W, k, select_rank)
+            seconds, (centred, rank, alpha) = timed(fit, args.repeats)
+            L = _complete(_model(rank, centred, alpha), X_missing, W)
+            row[key] = {
+                "rmse": rmse(L, X, observed),
+                "selection_seconds": seconds,
+                "rank": rank,
+                "centred": centred,
+                "alpha": alpha,
+            }
+        a, b = row["rank_k"], row["rank_chosen"]
+        lines.append(
+            f"| {row['case']} | {k} | {a['rmse']:.4g} ({a['selection_seconds']:.2f}) "
+            f"| {b['rmse']:.4g} ({b['selection_seconds']:.2f}) | {b['rank']} "
+            f"| {b['rmse'] / a['rmse']:.3f} |"
+        )
+        print(lines[-1], flush=True)
+        results["cases"].append(row)
+    results["patience"] = patience_check()
+    n = len(results["patience"])
+    falls = sum(row["falls_past_best"] for row in results["patience"])
+    lines += [
+        "",
+        f"Patience of ``alpha_path`` on {n} completions (these and bench_completion.py's; "
+        f"every full path's score falls at each penalty past its best in {falls} of {n}):",
+        "",
+        "| patience | select_rank | same choice as the full path |",
+        "|---|---|---|",
+    ]
+    for patience in PATIENCES:
+        for select_rank in (False, True):
+            key = f"patience {patience}, select_rank={select_rank}"
+            same = sum(row[key] for row in results["patience"])
+            lines.append(f"| {patience} | {select_rank} | {same} of {n} |")
     write_json(RESULTS / "rank_selection.json", results)
     (RESULTS / "rank_selection.md").write_text("\n".join(lines) + "\n")
 
