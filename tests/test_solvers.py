@@ -11,7 +11,7 @@ from conftest import DEVICES, low_rank_plus_noise, tail_energy, weighted_objecti
 from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_wsvd import WeightedTruncatedSVD
-from sklearn_wsvd._solvers import _common, closed_form, solve
+from sklearn_wsvd._solvers import _common, closed_form, ncg, solve
 
 ITERATIVE = ["ncg", "als", "als-cg", "em", "adam"]
 ALL = ["svd", "fwsvd", "rank1", *ITERATIVE]
@@ -552,13 +552,13 @@ def test_complete_rank_under_a_ridge_adds_only_the_directions_that_lower_the_obj
     A2, B2 = complete_rank(X, W, A, B, alpha)
     torch.testing.assert_close(A2 @ B2, (U * (s - alpha).clamp_min(0)) @ Vt, rtol=0, atol=1e-10)
     assert int((torch.linalg.vector_norm(A2, dim=0) > 0).sum()) == 4
-    # the live component is kept as it is, the new ones beside it
-    assert torch.equal(A2[:, 0], A[:, 0]) and torch.equal(B2[0], B[0])
-    # a start with every component live but a deficient product (two equal ones, a
-    # saddle that no solver leaves) is reduced to its product's rank and completed
-    A4, B4 = torch.cat([A[:, :1], A[:, :1]], 1) / 2**0.5, torch.cat([B[:1], B[:1]]) / 2**0.5
-    A5, B5 = complete_rank(X, W, A4, B4, alpha)
-    assert torch.linalg.matrix_rank(A5 @ B5) == 2
+    # The fit rotated in its first seven components (A Q, Q^T B: the same product and
+    # penalty) has one zero column, though its product has rank 1: it is reduced to
+    # that rank and completed all the same.
+    Q = torch.eye(8, dtype=X.dtype)
+    Q[:7, :7] = torch.linalg.qr(torch.as_tensor(rng.normal(size=(7, 7)))).Q
+    A4, B4 = complete_rank(X, W, A @ Q, Q.T @ B, alpha)
+    torch.testing.assert_close(A4 @ B4, A2 @ B2, rtol=0, atol=1e-10)
     # above every singular value of the residual nothing is added
     A3, B3 = complete_rank(X, W, A, B, float(s[0]) * 1.01)
     torch.testing.assert_close(A3 @ B3, A @ B, rtol=0, atol=1e-12)
@@ -797,6 +797,40 @@ def test_a_revival_keeps_the_live_components_and_fills_only_the_room_left(rng):
     torch.testing.assert_close(A3 @ B3, (U[:, :3] * (s[:3] - alpha)) @ Vt[:3], rtol=0, atol=1e-10)
     # no room at all, nothing to revive
     assert _common.revive(X, W, A[:, :2], B[:2], alpha, f, tol=0.0) is None
+
+
+def test_components_that_vanished_in_combination_leave_room_for_a_revival(rng):
+    # A ridge's fit rotated (A Q, Q^T B: the same product and penalty) has no zero
+    # column, though only its top two components are live: the six others vanished
+    # in combination, to the rounding of a fit. A revival sees their room all the same.
+    X = torch.as_tensor(rng.normal(size=(30, 20)))
+    W = torch.ones_like(X)
+    U, s, Vt = torch.linalg.svd(X, full_matrices=False)
+    alpha = float(s[5])  # five singular values above it
+    root = (s[:2] - alpha).sqrt()
+    A = torch.cat([U[:, :2] * root, 1e-13 * torch.as_tensor(rng.normal(size=(30, 6)))], 1)
+    B = torch.cat([root[:, None] * Vt[:2], 1e-13 * torch.as_tensor(rng.normal(size=(6, 20)))])
+    Q = torch.linalg.qr(torch.as_tensor(rng.normal(size=(8, 8)))).Q
+    A, B = A @ Q, Q.T @ B
+    assert float(torch.linalg.vector_norm(A, dim=0).min()) > 1e-3  # no column vanished
+    A2, B2 = _common.independent_components(A, B)
+    assert A2.shape == (30, 2) and B2.shape == (2, 20)
+    torch.testing.assert_close(A2 @ B2, A @ B, rtol=0, atol=1e-10)
+    f = float(_common.objective(X, W, A, B, alpha))
+    assert _common.revive(X, W, A, B, alpha, f, tol=0.0) is None  # no column has room
+    A3, B3 = _common.revive(X, W, A2, B2, alpha, f, tol=0.0, rank=8)
+    torch.testing.assert_close(A3 @ B3, (U[:, :5] * (s[:5] - alpha)) @ Vt[:5], rtol=0, atol=1e-10)
+    # and so does a warm start, which completes the rank from them
+    from sklearn_wsvd._solvers import complete_rank
+
+    A4, B4 = complete_rank(X, W, A, B, alpha)
+    torch.testing.assert_close(A4 @ B4, A3 @ B3, rtol=0, atol=1e-10)
+    # and a solver that stalls there merges them and revives: the optimum
+    fit = ncg(X, W, A, B, alpha=alpha, tol=1e-12, sweeps=0)
+    torch.testing.assert_close(fit.A @ fit.B, A3 @ B3, rtol=0, atol=1e-6)
+    # components whose product has full rank come back as they are
+    A5, B5 = _common.independent_components(A3, B3)
+    assert A5 is A3 and B5 is B3
 
 
 def test_steps_see_the_live_components_and_the_fit_has_every_column(rng, monkeypatch):

@@ -9,11 +9,13 @@ import torch
 from ._common import (
     Factors,
     energy,
+    independent_components,
     live_components,
     objective,
     pad_components,
     product_svd,
     revive,
+    svd_components,
     uniform_weight,
     value_scale,
     weight_scale,
@@ -205,10 +207,11 @@ def complete_rank(X, W, A, B, alpha: float = 0.0, svd_solver: str = "auto"):
 
     Where ``A @ B`` has rank ``r``, the objective's gradient vanishes in the
     directions the factors lack (a saddle point): zero factors, say, stay zero
-    under every solver. The product's rank-``r`` part is kept (as balanced SVD
-    factors), or, with a ridge, where some components have vanished (a column of
-    ``A`` and a row of ``B`` at zero, as a ridge's fit leaves them), the live
-    ones as they are. Without a ridge, the ``"rank1"`` closed form of rank ``k - r``
+    under every solver. The product's rank-``r`` part is kept: without a ridge
+    as balanced SVD factors (its rank at the dtype's rounding), with one as its
+    live components (:func:`~sklearn_wsvd._solvers._common.independent_components`:
+    the vanished ones dropped, those vanished in combination merged). Without a
+    ridge, the ``"rank1"`` closed form of rank ``k - r``
     fitted to the residual is added, scaled by the step along it that lowers the
     objective most. With one, the optimum leaves every component zero along
     which the objective does not fall, so the missing components take only the
@@ -219,22 +222,17 @@ def complete_rank(X, W, A, B, alpha: float = 0.0, svd_solver: str = "auto"):
     Full-rank pairs are returned unchanged.
     """
     k = A.shape[1]
-    # A ridge's own fit (a warm start along a path) has its vanished components at
-    # zero: the live ones are kept as they are, without the SVD of the product.
-    A0, B0 = live_components(A, B) if alpha > 0 else (A, B)
-    if A0.shape[1] == k:
-        Qa, U, S, Vt, Qb = product_svd(A, B)
-        eps = torch.finfo(S.dtype).eps
-        r = int((S > S[0] * max(X.shape) * eps).sum()) if float(S[0]) > 0 else 0
-        if r == k:
-            return A, B
-        root = S[:r].sqrt()
-        A0, B0 = (Qa @ U[:, :r]) * root, root[:, None] * (Vt[:r] @ Qb.T)
     if alpha > 0:
+        A0, B0 = independent_components(A, B)
+        if A0.shape[1] == k:
+            return A, B
         revived = revive(X, W, A0, B0, alpha, objective(X, W, A0, B0, alpha), tol=0.0, rank=k)
         return pad_components(*(revived or (A0, B0)), k)
+    A0, B0 = svd_components(A, B, max(X.shape) * torch.finfo(A.dtype).eps)
+    if A0.shape[1] == k:
+        return A, B
     R = X - A0 @ B0
-    A1, B1 = rank1(R, W, k - r, 0.0, svd_solver)
+    A1, B1 = rank1(R, W, k - A0.shape[1], 0.0, svd_solver)
     M = A1 @ B1
     curvature = float((W * M.square()).sum())
     if curvature > 0:  # the best step t along M
