@@ -7,8 +7,8 @@ prediction, and neither of which lets a hidden entry reach a fit:
   sees every row with one fold of its entries hidden, the way a completion sees
   its missing entries, along a warm-started path of decreasing penalties. The
   recommended way: on the completion benchmark it chose better than a grid
-  search over the same penalties in five cases of eight and worse in two, in 12
-  to 46 times less time; with ``select_rank=True`` it chooses the rank too.
+  search over the same penalties in five cases of eight and worse in two, in 13
+  to 47 times less time; with ``select_rank=True`` it chooses the rank too.
 - :class:`HiddenEntryScorer` works with scikit-learn's own searches
   (:class:`~sklearn.model_selection.GridSearchCV`, metadata routing), whose
   splitters split rows: it takes the rows of a test fold (which the model never
@@ -179,8 +179,10 @@ def alpha_path(
     every row with that fold's entries hidden (NaN, zero weight) at each
     ``alpha`` from the largest down, each fit starting from the factors of the
     one before (the solution moves little from one penalty to the next, so a fit
-    takes a fraction of the iterations it takes from scratch), and scored on the
-    hidden entries by the negative weighted mean squared error,
+    takes a fraction of the iterations it takes from scratch; the first, under a
+    penalty, starts from zero factors, to which the solver adds the directions
+    that lower the objective, rather than from the estimator's ``init``), and
+    scored on the hidden entries by the negative weighted mean squared error,
     ``-sum W_h (X - L)**2 / sum W_h``.
 
     With ``select_rank=True`` the rank is chosen too. Each fit ``L = U S V^T``
@@ -196,7 +198,7 @@ def alpha_path(
     smaller penalty shrinks what it keeps less, which predicts better where the
     data are a low-rank matrix plus noise; on the completion benchmark it
     lowered the error on the missing entries in four cases of eight, by up to
-    39%, and raised it in one, by 0.19%, for 1.2 to 1.6 times the time.
+    39%, and raised it in one, by 0.19%, for 1.3 to 1.7 times the time.
 
     Parameters
     ----------
@@ -233,8 +235,9 @@ def alpha_path(
         ``n_folds``-fold cross-validation). The default, one, holds out a
         ``1 / n_folds`` share of the entries once: on the eight problems of
         ``benchmarks/bench_completion.py`` it chose the penalty that five folds
-        chose in six and, in the other two, ones whose errors on the truly
-        missing entries were 0.3% and 0.5% higher, in 0.20 to 0.23 times the time.
+        chose in five and, in the other three, ones whose errors on the truly
+        missing entries were 0.3%, 0.5% and 0.5% higher, in 0.20 to 0.22 times
+        the time.
     patience : int or None, default=2
         Stop the path once the mean score has not improved on its best for this
         many penalties in a row (the error rises again as the penalty falls past
@@ -243,10 +246,8 @@ def alpha_path(
         22 completions of ``benchmarks/bench_completion.py`` and
         ``benchmarks/bench_rank_selection.py`` stopping one, two or three
         penalties past the best chose the penalty, rank and centring of the
-        full path in every case. The score fell at every penalty past its best
-        in 21; in the other (the digits, 30% missing, plain) it rose again at
-        the second, to 0.2% below the best: two keeps a penalty of margin
-        against such a bump.
+        full path in every case, and every full path's score fell at each
+        penalty past its best; two keeps a penalty of margin against a bump.
     select_rank : bool, default=False
         Choose the rank as well as the penalty (see above).
     refit : bool, default=False

@@ -214,8 +214,9 @@ def iterate(
     them, or components that vanished in combination, which are merged there,
     :func:`independent_components`) is not yet convergence where the objective
     can still fall along new rank-one directions (:func:`revive`): components
-    are revived there and the run goes on. ``restart(A, B)`` then tells the step to forget its state
-    (momentum, previous directions); a solver without it is never revived.
+    are revived there and the run goes on. ``restart(A, B)`` then tells the
+    step to forget its state (momentum, previous directions); a solver without
+    it is never revived.
     Such a solver's steps see only the live components (:func:`live_components`:
     the vanished ones would stay zero and cost as much as the others), the
     revivals add to them, and the factors returned (and ``callback``'s) have
@@ -266,8 +267,9 @@ def iterate(
             stalls = stalls + 1 if stalled else 0
             if stalls >= patience:
                 if restart is not None and revivals < k:
-                    merged = independent_components(A, B)
-                    if merged[0].shape[1] < A.shape[1]:  # kept: the next fit starts from them
+                    # Only a ridge makes components vanish; kept, the next fit starts from them.
+                    merged = independent_components(A, B) if alpha else (A, B)
+                    if merged[0].shape[1] < A.shape[1]:
                         A, B = merged
                         restart(A, B)
                         f = objective(X, W, A, B, alpha)
@@ -304,11 +306,11 @@ def independent_components(A, B):
     neither their product nor its penalty, and a solver's steps mix the
     components: those the ridge removes can vanish in combination, the
     product's singular values falling to the rounding of the fit while no
-    column of ``A`` does (on the completion benchmark's paths, in about a third
-    of the fits). They hold room that :func:`revive` would not see, and cost
-    the steps as much as live ones. The squared singular values of the
+    column of ``A`` does (15 times in the 36 fits of one selection on the
+    completion benchmark's photograph). They hold room that :func:`revive`
+    would not see, and cost the steps as much as live ones. The squared singular values of the
     product are the eigenvalues of ``L^T (B B^T) L``, ``L L^T = A^T A`` (two
-    ``r x r`` factorisations in float64, a third of the SVD's time at ``r`` =
+    ``r x r`` factorisations in float64, a quarter of the SVD's time at ``r`` =
     40): where all exceed ``eps`` times the largest (the singular values
     ``sqrt(eps)``, the threshold of :func:`live_components`), the live
     components are returned as they are; otherwise the product's SVD
@@ -318,9 +320,9 @@ def independent_components(A, B):
     if A.shape[1] <= 1:
         return A, B
     eps = torch.finfo(A.dtype).eps
-    L, info = torch.linalg.cholesky_ex(A.T.double() @ A.double())
+    L, info = torch.linalg.cholesky_ex((A.T @ A).double())
     if not info:
-        squares = torch.linalg.eigvalsh(L.T @ (B.double() @ B.T.double()) @ L)
+        squares = torch.linalg.eigvalsh(L.T @ (B @ B.T).double() @ L)
         if float(squares[0]) > eps * float(squares[-1]):
             return A, B
     return svd_components(A, B, eps**0.5)
@@ -426,8 +428,8 @@ def _top_singular_pairs(G, r: int, above: float, unless: float | None = None):
     ``p = min(r, c)`` eigenvectors of the Gram matrix give the pairs: by a
     subspace iteration where ``p`` is small against the side (a 214 x 214
     Gram matrix with ``p`` of a few: 0.3 ms against the eigendecomposition's
-    1.7), whose Ritz values, lower bounds of
-    the eigenvalues, keep only pairs that truly exceed ``above``; by the
+    1.7), whose Ritz values, lower bounds of the eigenvalues, keep only pairs
+    that truly exceed ``above``; by the
     eigendecomposition otherwise, or where the iteration found none of the
     ``c`` (a flat spectrum), so that no pair is returned only where none
     exceeds ``above``. The pairs need not be exact (the caller computes each
