@@ -7,8 +7,8 @@ prediction, and neither of which lets a hidden entry reach a fit:
   sees every row with one fold of its entries hidden, the way a completion sees
   its missing entries, along a warm-started path of decreasing penalties. The
   recommended way: on the completion benchmark it chose better than a grid
-  search over the same penalties in five cases of eight and worse in two, in 13
-  to 47 times less time; with ``select_rank=True`` it chooses the rank too.
+  search over the same penalties in five cases of eight and worse in two, in 12
+  to 45 times less time; with ``select_rank=True`` it chooses the rank too.
 - :class:`HiddenEntryScorer` works with scikit-learn's own searches
   (:class:`~sklearn.model_selection.GridSearchCV`, metadata routing), whose
   splitters split rows: it takes the rows of a test fold (which the model never
@@ -236,7 +236,7 @@ def alpha_path(
         ``1 / n_folds`` share of the entries once: on the eight problems of
         ``benchmarks/bench_completion.py`` it chose the penalty that five folds
         chose in five and, in the other three, ones whose errors on the truly
-        missing entries were 0.3%, 0.5% and 0.5% higher, in 0.20 to 0.22 times
+        missing entries were 0.3%, 0.5% and 0.5% higher, in 0.18 to 0.24 times
         the time.
     patience : int or None, default=2
         Stop the path once the mean score has not improved on its best for this

@@ -802,7 +802,7 @@ def test_a_revival_keeps_the_live_components_and_fills_only_the_room_left(rng):
 def test_components_that_vanished_in_combination_leave_room_for_a_revival(rng):
     # A ridge's fit rotated (A Q, Q^T B: the same product and penalty) has no zero
     # column, though only its top two components are live: the six others vanished
-    # in combination, to the rounding of a fit. A revival sees their room all the same.
+    # in combination, to the rounding of a fit. Merged, they leave room for a revival.
     X = torch.as_tensor(rng.normal(size=(30, 20)))
     W = torch.ones_like(X)
     U, s, Vt = torch.linalg.svd(X, full_matrices=False)
@@ -817,10 +817,10 @@ def test_components_that_vanished_in_combination_leave_room_for_a_revival(rng):
     assert A2.shape == (30, 2) and B2.shape == (2, 20)
     torch.testing.assert_close(A2 @ B2, A @ B, rtol=0, atol=1e-10)
     f = float(_common.objective(X, W, A, B, alpha))
-    assert _common.revive(X, W, A, B, alpha, f, tol=0.0) is None  # no column has room
+    assert _common.revive(X, W, A, B, alpha, f, tol=0.0) is None  # it counts columns: none
     A3, B3 = _common.revive(X, W, A2, B2, alpha, f, tol=0.0, rank=8)
     torch.testing.assert_close(A3 @ B3, (U[:, :5] * (s[:5] - alpha)) @ Vt[:5], rtol=0, atol=1e-10)
-    # and so does a warm start, which completes the rank from them
+    # a warm start merges them before it revives
     from sklearn_wsvd._solvers import complete_rank
 
     A4, B4 = complete_rank(X, W, A, B, alpha)
