@@ -142,8 +142,6 @@ def svd_components(A, B, floor: float):
     so components that only repeat others' directions (a rank-deficient pair)
     merge into fewer, leaving room beside them.
     """
-    if A.shape[1] == 0:
-        return A, B
     Qa, U, S, Vt, Qb = product_svd(A, B)
     r = int((S > S[0] * floor).sum()) if float(S[0]) > 0 else 0
     root = S[:r].sqrt()
@@ -308,13 +306,14 @@ def independent_components(A, B):
     product's singular values falling to the rounding of the fit while no
     column of ``A`` does (15 times in the 36 fits of one selection on the
     completion benchmark's photograph). They hold room that :func:`revive`
-    would not see, and cost the steps as much as live ones. The squared singular values of the
-    product are the eigenvalues of ``L^T (B B^T) L``, ``L L^T = A^T A`` (two
-    ``r x r`` factorisations in float64, a quarter of the SVD's time at ``r`` =
-    40): where all exceed ``eps`` times the largest (the singular values
-    ``sqrt(eps)``, the threshold of :func:`live_components`), the live
-    components are returned as they are; otherwise the product's SVD
-    components above that (:func:`svd_components`).
+    would not see, and cost the steps as much as live ones. The squared
+    singular values of the product are the eigenvalues of ``L^T (B B^T) L``,
+    ``L L^T = A^T A`` (two ``r x r`` factorisations in float64, a quarter of
+    the SVD's time at ``r`` = 40): where all exceed ``eps`` times the largest
+    (the singular values ``sqrt(eps)``, the threshold of
+    :func:`live_components`), the live components are returned as they are;
+    otherwise the product's SVD components above that
+    (:func:`svd_components`).
     """
     A, B = live_components(A, B)
     if A.shape[1] <= 1:
@@ -429,11 +428,10 @@ def _top_singular_pairs(G, r: int, above: float, unless: float | None = None):
     subspace iteration where ``p`` is small against the side (a 214 x 214
     Gram matrix with ``p`` of a few: 0.3 ms against the eigendecomposition's
     1.7), whose Ritz values, lower bounds of the eigenvalues, keep only pairs
-    that truly exceed ``above``; by the
-    eigendecomposition otherwise, or where the iteration found none of the
-    ``c`` (a flat spectrum), so that no pair is returned only where none
-    exceeds ``above``. The pairs need not be exact (the caller computes each
-    pair's gain).
+    that truly exceed ``above``; by the eigendecomposition otherwise, or where
+    the iteration found none of the ``c`` (a flat spectrum), so that no pair
+    is returned only where none exceeds ``above``. The pairs need not be exact
+    (the caller computes each pair's gain).
     """
     M = G.double() if G.shape[0] <= G.shape[1] else G.T.double()
     gram = M @ M.T
