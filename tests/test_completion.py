@@ -14,7 +14,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from sklearn_wsvd import WeightedTruncatedSVD, _estimator
-from sklearn_wsvd.model_selection import HiddenEntryScorer, alpha_path
+from sklearn_wsvd.model_selection import HiddenEntryScorer, _fold_in, alpha_path
 
 
 def soft_thresholded_svd(M, alpha):
@@ -218,7 +218,7 @@ def test_the_path_cross_validates_over_entries_warm_as_cold():
     X, W, _ = noisy_completion(seed=1)
     alphas = [20.0, 8.0]  # the optimum's rank (1, 5) stays below k: convex, one optimum
     est = WeightedTruncatedSVD(8, tol=1e-10, max_iter=3000, random_state=0, dtype="float64")
-    path = alpha_path(est, X, W, alphas=alphas, n_folds=3, max_folds=None, patience=None)
+    path = alpha_path(est, X, W, alphas=alphas, n_folds=3, max_folds=None, patience=None, tol=None)
     fold = _entry_folds(W, 3)
     for a, alpha in enumerate(alphas):
         for f in range(3):  # each fold fitted from scratch: the same optimum
@@ -239,14 +239,18 @@ def test_the_path_never_lets_a_hidden_entry_reach_a_fit(monkeypatch):
     calls, solve = [], _estimator.solve
 
     def spy(Y, weights, k, **kwargs):
-        calls.append((Y.numpy().copy(), weights.numpy().copy()))
+        calls.append((Y.numpy().copy(), weights.numpy().copy(), kwargs["tol"]))
         return solve(Y, weights, k, **kwargs)
 
     monkeypatch.setattr(_estimator, "solve", spy)
-    alpha_path(WeightedTruncatedSVD(6), X, W, n_alphas=3, n_folds=4, max_folds=None, patience=None)
+    est = WeightedTruncatedSVD(6)
+    alpha_path(est, X, W, n_alphas=3, n_folds=4, max_folds=None, patience=None, refit=True)
     fold = _entry_folds(W, 4)
-    assert len(calls) == 3 * 4
-    for n, (X_fit, W_fit) in enumerate(calls):
+    assert len(calls) == 3 * 4 + 1
+    # the path's fits to its own tol, the refit on every entry to the estimator's
+    assert [c[2] for c in calls] == [1e-4] * 12 + [est.tol] and est.tol == 1e-5
+    np.testing.assert_array_equal(calls.pop()[1], W)
+    for n, (X_fit, W_fit, _) in enumerate(calls):
         hidden = fold == n % 4
         assert hidden.sum() > 0 and np.all(W_fit[hidden] == 0) and np.all(X_fit[hidden] == 0)
         np.testing.assert_array_equal(W_fit[~hidden], W[~hidden])
@@ -344,7 +348,7 @@ def test_the_path_scores_every_fit_truncated_to_every_rank(head, max_folds):
     alphas = [20.0, 12.0]  # optima of rank 2 to 5, below k: one optimum, warm or cold
     _CountingScaler.calls = _CountingScaler.fits = 0
     path = alpha_path(
-        model, X, W, alphas=alphas, patience=None, max_folds=max_folds, select_rank=True
+        model, X, W, alphas=alphas, patience=None, max_folds=max_folds, select_rank=True, tol=None
     )
     if isinstance(head, _CountingScaler):
         # the steps before the estimator are fitted once per fold, for every penalty and
@@ -390,10 +394,10 @@ def test_the_rank_path_goes_on_from_the_fits_that_had_room_for_their_components(
     # are and goes on from the last; from there on it is the rank-3 path itself.
     X, W, _ = noisy_completion(observed=0.5, noise=0.5)
     est = WeightedTruncatedSVD(12, tol=1e-10, max_iter=3000, random_state=0, dtype="float64")
-    chosen = alpha_path(est, X, W, patience=None, select_rank=True)
+    chosen = alpha_path(est, X, W, patience=None, select_rank=True, tol=None)
     rank_path = chosen["rank_path"]
     assert rank_path["rank"] == 3
-    full = alpha_path(clone(est).set_params(n_components=3), X, W, patience=None)
+    full = alpha_path(clone(est).set_params(n_components=3), X, W, patience=None, tol=None)
     taken = np.all(rank_path["test_scores"] == chosen["test_scores"], axis=1)
     shared = int(np.argmin(taken))  # the leading penalties whose scores are copied
     assert shared >= 2 and not taken[shared:].any()
@@ -440,10 +444,17 @@ def test_refit_fits_the_chosen_model_to_every_observed_entry(centred):
     assert refitted is not model and path["best_rank"] < 12  # a clone, at the chosen rank
     chosen = {f"{prefix}alpha": path["best_alpha"], f"{prefix}n_components": path["best_rank"]}
     assert {key: refitted.get_params()[key] for key in chosen} == chosen
+    assert refitted.get_params()[f"{prefix}init"] is None  # the estimator's again
     by_hand = clone(model).set_params(**chosen).fit(X, **{f"{prefix}sample_weight": W})
     last, expected = (refitted[-1], by_hand[-1]) if centred else (refitted, by_hand)
-    np.testing.assert_allclose(last.components_, expected.components_)
-    assert last.n_iter_ == expected.n_iter_
+    # From the first fold's fit: the same optimum (the penalty leaves the fits below
+    # rank 12, where the problem is convex), to the estimator's tol, in fewer steps.
+    assert last.tol == 1e-5 and last.n_iter_ < 0.7 * expected.n_iter_
+    assert last.history_["objective"].min() == pytest.approx(
+        expected.history_["objective"].min(), rel=1e-4
+    )
+    completed = [_fold_in(m, X, W) for m in (refitted, by_hand)]
+    np.testing.assert_allclose(*completed, atol=1e-2 * np.nanstd(X))
 
 
 def _bad_completions():
@@ -472,13 +483,15 @@ def _bad_completions():
                 "select_rank must be an instance of {bool, numpy.bool}",
             ),
             ({"refit": "yes"}, TypeError, "refit must be an instance of {bool, numpy.bool}"),
+            ({"tol": -1e-4}, ValueError, "tol == -0.0001, must be >= 0"),
+            ({"tol": "1e-4"}, TypeError, "tol must be an instance of float"),
         ],
         X,
         W,
     )
 
 
-@pytest.mark.parametrize("case", range(14))
+@pytest.mark.parametrize("case", range(16))
 def test_alpha_path_names_bad_input(case):
     cases, X, W = _bad_completions()
     kwargs, exc, match = cases[case]
