@@ -11,7 +11,8 @@ data standardised, a rank-20 matrix plus unit noise (400 x 400, k = 40), two
 300 x 200 matrices of full rank whose singular values fall as ``i**-1`` and
 ``i**-0.5`` (k = 40), the digits at k = 40 and the flower photograph at k = 80
 (the benchmark's cases use 20 and 40); each with 30% and 70% of the entries
-hidden at random. Fits stop at ``tol=1e-4``; times are warm medians of
+hidden at random. The paths' fits stop at alpha_path's default ``tol=1e-4``,
+the final fits at the estimator's default ``1e-5``; times are warm medians of
 ``--repeats`` runs.
 
 It also checks ``alpha_path``'s ``patience`` (how many penalties past the best
