@@ -65,6 +65,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from sklearn_wsvd import HiddenEntryScorer, WeightedTruncatedSVD, alpha_path
+from sklearn_wsvd.model_selection import _fold_in  # every entry of a fitted completion
 
 PEER_SCRIPT = r"""
 import contextlib, io, json, sys, time, warnings
@@ -181,20 +182,11 @@ def _last(model):
     return model[-1] if hasattr(model, "steps") else model
 
 
-def _reconstruct(model, X_missing, W):
-    """Every entry (the hidden ones included) of a fitted model's completion."""
-    if hasattr(model, "steps"):
-        scaler, est = model[0], model[-1]
-        Z = est.transform(scaler.transform(X_missing), sample_weight=W)
-        return scaler.inverse_transform(est.inverse_transform(Z))
-    return model.inverse_transform(model.transform(X_missing, sample_weight=W))
-
-
 def _complete(model, X_missing, W):
     """Fit and reconstruct every entry."""
     prefix = "weightedtruncatedsvd__" if hasattr(model, "steps") else ""
     model.fit(X_missing, **{f"{prefix}sample_weight": W})
-    return _reconstruct(model, X_missing, W)
+    return _fold_in(model, X_missing, W)
 
 
 def ours(X, observed, k, repeats):
@@ -245,7 +237,7 @@ def ours(X, observed, k, repeats):
             refit = alpha_path(_model(k, centred), X_missing, W, select_rank=True, refit=True)
             rows[row]["refit"] = {
                 "n_iter": _last(refit["estimator"]).n_iter_,
-                "rmse": rmse(_reconstruct(refit["estimator"], X_missing, W), X, observed),
+                "rmse": rmse(_fold_in(refit["estimator"], X_missing, W), X, observed),
             }
     # The same choice by scikit-learn's GridSearchCV over the same penalties (row
     # folds, HiddenEntryScorer), timed once: the route that works with any search.

@@ -33,7 +33,7 @@ from sklearn.utils.metadata_routing import MetadataRequest
 
 from ._backend import to_numpy, to_tensor
 from ._estimator import WeightedTruncatedSVD, _check_missing_entries, _check_sample_weight
-from ._solvers import live_components, pad_components, product_svd, resolve_solver
+from ._solvers import balance, live_components, pad_components, product_svd, resolve_solver
 
 __all__ = ["HiddenEntryScorer", "alpha_path"]
 
@@ -365,8 +365,9 @@ def alpha_path(
         rank, init = path["best_rank"], f"{prefix}init"
         best = {f"{prefix}alpha": path["best_alpha"], f"{prefix}n_components": rank}
         model = path["estimator"] = clone(estimator).set_params(**best)
-        if best_fit is not None:
-            model.set_params(**{init: _balanced(*best_fit, rank)})
+        if best_fit is not None:  # balanced, as the ridge's optimum is
+            U, V = best_fit
+            model.set_params(**{init: pad_components(*balance(U, V.T), rank)})
         model.fit(X, **{f"{prefix}sample_weight": W})
         model.set_params(**{init: estimator.get_params()[init]})
     path["seconds"] = time.perf_counter() - start
@@ -551,17 +552,6 @@ def _live(A, B, components: bool):
     live = live_components(A, B)
     A, B = live if live[0].shape[1] else (A[:, :1], B[:1])
     return _components(A, B) if components else (A.double().cpu(), B.double().cpu().T)
-
-
-def _balanced(U, V, k: int):
-    """Factors ``(A, B)`` of the fit ``U V^T`` with ``|a_l| = |b_l|``, zeros appended up to ``k``.
-
-    The ridge's optimum balances its factors so (the penalty is then the
-    nuclear norm of the product): a start balanced so needs no steps for it.
-    """
-    nu, nv = torch.linalg.vector_norm(U, dim=0), torch.linalg.vector_norm(V, dim=0)
-    scale = torch.where((nu > 0) & (nv > 0), (nv / nu).sqrt(), torch.ones_like(nu))
-    return pad_components(U * scale, (V / scale).T, k)
 
 
 def _rank(U, dtype) -> int:
