@@ -176,7 +176,9 @@ def alpha_path(
     """Cross-validated error of a completion along decreasing ridge penalties, over entries.
 
     The observed entries (positive weight) are dealt at random into ``n_folds``
-    folds. For each of the first ``max_folds`` folds, the estimator is fitted to
+    folds (where all of a row's or a column's fall in one fold, one of them is
+    in none, so that every fit sees something of every row and column, as the
+    final fit does). For each of the first ``max_folds`` folds, the estimator is fitted to
     every row with that fold's entries hidden (NaN, zero weight) at each
     ``alpha`` from the largest down, each fit starting from the factors of the
     one before (the solution moves little from one penalty to the next, so a fit
@@ -333,8 +335,7 @@ def alpha_path(
         alpha_max = _spectral_norm(W * np.where(W > 0, Xt, 0.0))
         alphas = alpha_max * np.logspace(0, np.log10(eps), n_alphas)
     alphas = np.sort(np.asarray(alphas, dtype=np.float64))[::-1]
-    fold = np.random.default_rng(random_state).integers(n_folds, size=X.shape)
-    fold = np.where(W > 0, fold, -1)
+    fold = _entry_folds(W > 0, n_folds, random_state)
     if any(not np.any(fold == f) for f in range(n_folds)):
         raise ValueError(f"Too few observed entries for n_folds={n_folds}: a fold is empty.")
     folds = [
@@ -372,6 +373,27 @@ def alpha_path(
         model.set_params(**{init: estimator.get_params()[init]})
     path["seconds"] = time.perf_counter() - start
     return path
+
+
+def _entry_folds(observed, n_folds: int, random_state: int):
+    """The fold of each observed entry (0 to ``n_folds - 1``), -1 elsewhere, at random.
+
+    Where every observed entry of a row or a column falls in the same fold, one
+    of them, drawn at random, is in none (-2: never hidden). Hidden together,
+    they would leave the fit nothing of that row or column to go on (a
+    centring step's mean of the column would be NaN), which the completion of
+    the missing entries, fitted to every observed one, never meets.
+    """
+    rng = np.random.default_rng(random_state)
+    fold = np.where(observed, rng.integers(n_folds, size=observed.shape), -1)
+    keys = np.where(observed, rng.random(observed.shape), -1.0)
+    for axis in (1, 0):  # rows, then columns: an entry out of every fold spares both
+        low = np.where(observed, fold, n_folds).min(axis=axis)
+        high = fold.max(axis=axis)
+        lone = np.flatnonzero((low == high) & (high >= 0))
+        spared = keys.argmax(axis=axis)[lone]
+        fold[(lone, spared) if axis == 1 else (spared, lone)] = -2
+    return fold
 
 
 class _Fold:

@@ -13,7 +13,7 @@ from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from sklearn_wsvd import WeightedTruncatedSVD, _estimator
+from sklearn_wsvd import WeightedTruncatedSVD, _estimator, model_selection
 from sklearn_wsvd.model_selection import HiddenEntryScorer, _fold_in, alpha_path
 
 
@@ -210,8 +210,42 @@ def test_grid_search_picks_a_penalty_that_lowers_the_hidden_error():
 
 
 def _entry_folds(W, n_folds, seed=0):
-    fold = np.random.default_rng(seed).integers(n_folds, size=W.shape)
-    return np.where(W > 0, fold, -1)
+    fold = model_selection._entry_folds(W > 0, n_folds, seed)
+    # no row or column of these problems has all its entries in one fold
+    np.testing.assert_array_equal(
+        fold, np.where(W > 0, np.random.default_rng(seed).integers(n_folds, size=W.shape), -1)
+    )
+    return fold
+
+
+def test_every_fold_leaves_every_row_and_column_an_entry_to_fit():
+    rng = np.random.default_rng(0)
+    W = (rng.uniform(size=(40, 30)) < 0.1).astype(float)  # 3 or 4 entries a row
+    W[:, 0], W[:3, 0] = 0.0, 1.0  # a column of three
+    W[:, 1], W[5, 1] = 0.0, 1.0  # and one of one
+    fold = model_selection._entry_folds(W > 0, 3, random_state=0)
+    deal = np.where(W > 0, np.random.default_rng(0).integers(3, size=W.shape), -1)
+    spared = fold == -2
+    np.testing.assert_array_equal(fold[~spared], deal[~spared])
+    # at most one entry of each row and column all of whose entries the deal put together
+    lone = [np.sum([len(set(d[d >= 0])) == 1 for d in M]) for M in (deal, deal.T)]
+    assert spared[5, 1] and 0 < spared.sum() <= sum(lone)
+    for f in range(3):
+        fitted = (W > 0) & (fold != f)
+        for axis in (0, 1):
+            assert np.all(fitted.any(axis=axis) == (W > 0).any(axis=axis))
+
+
+def test_a_centred_path_scores_columns_of_few_entries():
+    # Hidden together, a column's only entries left its mean NaN, and every score.
+    X, W, _ = noisy_completion()
+    W[:, :2], W[:2, 0], W[0, 1] = 0.0, 1.0, 1.0  # columns of two entries and of one
+    X = np.where(W > 0, np.nan_to_num(X, nan=1.0), np.nan)
+    model = make_pipeline(StandardScaler(with_std=False), WeightedTruncatedSVD(6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = alpha_path(model, X, W, n_folds=2, max_folds=None, select_rank=True)
+    assert np.all(np.isfinite(path["test_scores"])) and path["best_alpha"] > 0
 
 
 def test_the_path_cross_validates_over_entries_warm_as_cold():
