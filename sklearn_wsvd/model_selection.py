@@ -7,8 +7,8 @@ prediction, and neither of which lets a hidden entry reach a fit:
   sees every row with one fold of its entries hidden, the way a completion sees
   its missing entries, along a warm-started path of decreasing penalties. The
   recommended way: on the completion benchmark it chose better than a grid
-  search over the same penalties in five cases of eight and worse in two, in 12
-  to 45 times less time; with ``select_rank=True`` it chooses the rank too.
+  search over the same penalties in five cases of eight and worse in two, in 13
+  to 49 times less time; with ``select_rank=True`` it chooses the rank too.
 - :class:`HiddenEntryScorer` works with scikit-learn's own searches
   (:class:`~sklearn.model_selection.GridSearchCV`, metadata routing), whose
   splitters split rows: it takes the rows of a test fold (which the model never
@@ -200,8 +200,8 @@ def alpha_path(
     takes those as they are and goes on from there.) A lower rank with a
     smaller penalty shrinks what it keeps less, which predicts better where the
     data are a low-rank matrix plus noise; on the completion benchmark it
-    lowered the error on the missing entries in four cases of eight, by up to
-    38%, and raised it in one, by 0.17%, for 1.3 to 1.6 times the time.
+    lowered the error on the missing entries in five cases of eight, by up to
+    38%, and raised it in one, by 0.17%, for 1.2 to 1.6 times the time.
 
     Parameters
     ----------
@@ -239,7 +239,7 @@ def alpha_path(
         ``1 / n_folds`` share of the entries once: on the eight problems of
         ``benchmarks/bench_completion.py`` it chose the penalty that five folds
         chose in five and, in the other three, ones whose errors on the truly
-        missing entries were 0.3%, 0.4% and 0.3% higher, in 0.20 to 0.25 times
+        missing entries were 0.3%, 0.4% and 0.3% higher, in 0.19 to 0.23 times
         the time.
     patience : int or None, default=2
         Stop the path once the mean score has not improved on its best for this
@@ -258,14 +258,14 @@ def alpha_path(
         every observed entry of ``X``, to the estimator's own ``tol``, returned
         as ``"estimator"``. The fit starts from the first fold's fit at that
         penalty and rank, which is close to it (on the completion benchmark it
-        took 20% to 81% fewer iterations than from the estimator's ``init``,
+        took 14% to 81% fewer iterations than from the estimator's ``init``,
         errors -0.24% to +2.0% apart, the two starts ending at different fits
         where the rank binds); the clone's ``init`` is the estimator's again
         once it is fitted.
     tol : float or None, default=1e-4
         The ``tol`` of the path's fits; None uses the estimator's. They only
         have to rank the penalties: on the completion benchmark the
-        estimator's default, 1e-5, took 1.1 to 1.6 times as long and moved the
+        estimator's default, 1e-5, took 1.2 to 1.6 times as long and moved the
         errors of the penalties chosen by -0.6% to +0.2%.
     random_state : int, default=0
         Seed of the folds.
