@@ -56,6 +56,8 @@ class HiddenEntryScorer:
     :class:`~sklearn.pipeline.Pipeline` that ends with one (for example after a
     ``StandardScaler(with_std=False)`` that centres the columns; it ignores NaN):
     the steps before it transform and inverse-transform the rows as they are.
+    A column that no row of the pipeline's fit observes has no mean there; the
+    scorer raises, naming it, where the scored rows observe it.
 
     With metadata routing enabled, the scorer requests ``sample_weight``, so that
     :class:`~sklearn.model_selection.GridSearchCV` passes each test fold its
@@ -138,6 +140,8 @@ class HiddenEntryScorer:
         kept, hidden = self.split(X, sample_weight)
         # Hidden entries become NaN of zero weight: nothing of them can reach the model.
         X_hat = _fold_in(estimator, np.where(kept > 0, X, np.nan), kept)
+        if isinstance(estimator, Pipeline):  # a step's NaN mean reaches the hidden entries too
+            _check_mapped((hidden > 0) & ~np.isfinite(X_hat))
         error = hidden * np.square(np.where(hidden > 0, X - X_hat, 0.0))
         return -float(error.sum() / hidden.sum())
 
@@ -153,8 +157,22 @@ def _fold_in(estimator, X, W):
     if isinstance(estimator, Pipeline):
         head, last = estimator[:-1], estimator[-1]
         Xt = head.transform(X)
+        _check_mapped((W > 0) & np.isfinite(X) & ~np.isfinite(Xt))
         return head.inverse_transform(last.inverse_transform(last.transform(Xt, sample_weight=W)))
     return estimator.inverse_transform(estimator.transform(X, sample_weight=W))
+
+
+def _check_mapped(lost):
+    """Raise where a pipeline's steps map observed entries (``lost``, a mask) to NaN."""
+    if lost.any():
+        columns = np.flatnonzero(lost.any(axis=0))
+        raise ValueError(
+            f"The pipeline's steps map {int(lost.sum())} observed entries to NaN, in columns "
+            f"{columns[:10].tolist()}: fitted to rows without an observed entry in a column, "
+            "a step such as StandardScaler has no mean for it. Fit the pipeline to rows that "
+            "observe every column (with GridSearchCV, fewer folds), or choose alpha by "
+            "alpha_path, whose folds keep an entry of every column."
+        )
 
 
 def alpha_path(

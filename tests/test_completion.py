@@ -574,3 +574,20 @@ def test_the_scorer_folds_in_through_a_pipeline():
     expected = -np.sum(hidden * np.nan_to_num(X[60:] - X_hat) ** 2) / hidden.sum()
     assert scorer(pipe, X[60:], sample_weight=W[60:]) == pytest.approx(expected, rel=1e-10)
     assert expected > -3.0  # about the noise variance, 1
+    # A column that the fitted rows never observe has no mean: named, not a NaN deep down.
+    W_fit = W[:60].copy()
+    W_fit[:, [3, 7]] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy's mean of nothing
+        pipe.fit(np.where(W_fit > 0, X[:60], np.nan), weightedtruncatedsvd__sample_weight=W_fit)
+    with pytest.raises(ValueError, match=r"to NaN, in columns \[3, 7\].*alpha_path"):
+        scorer(pipe, X[60:], sample_weight=W[60:])
+    # ... and so are those whose only observed entries are hidden (their prediction is NaN).
+    scorer = HiddenEntryScorer(fraction=0.5)
+    W_test = W[60:].copy()
+    W_test[:, [3, 7]] = 0.0
+    W_test[:, 3] = scorer.split(X[60:], W[60:])[1][:, 3]  # entries the scorer hides
+    hidden = scorer.split(X[60:], W_test)[1]
+    assert hidden[:, 3].sum() == W_test[:, 3].sum() > 0
+    with pytest.raises(ValueError, match=r"to NaN, in columns \[3\]"):
+        scorer(pipe, X[60:], sample_weight=W_test)
