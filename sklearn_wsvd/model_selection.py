@@ -196,14 +196,15 @@ def alpha_path(
     The observed entries (positive weight) are dealt at random into ``n_folds``
     folds (where all of a row's or a column's fall in one fold, one of them is
     in none, so that every fit sees something of every row and column, as the
-    final fit does). For each of the first ``max_folds`` folds, the estimator is fitted to
-    every row with that fold's entries hidden (NaN, zero weight) at each
-    ``alpha`` from the largest down, each fit starting from the factors of the
-    one before (the solution moves little from one penalty to the next, so a fit
-    takes a fraction of the iterations it takes from scratch; the first, under a
-    penalty, starts from zero factors, to which the solver adds the directions
-    that lower the objective, rather than from the estimator's ``init``), and
-    scored on the hidden entries by the negative weighted mean squared error,
+    final fit does). For each of the first ``max_folds`` folds, the estimator
+    is fitted to every row with that fold's entries hidden (NaN, zero weight)
+    at each ``alpha`` from the largest down, each fit starting from the factors
+    of the one before (the solution moves little from one penalty to the next,
+    so a fit takes a fraction of the iterations it takes from scratch; the
+    first, under a penalty, starts from zero factors, to which the solver adds
+    the directions that lower the objective, rather than from the estimator's
+    ``init``), and scored on the hidden entries by the negative weighted mean
+    squared error,
     ``-sum W_h (X - L)**2 / sum W_h``.
 
     With ``select_rank=True`` the rank is chosen too. Each fit ``L = U S V^T``
