@@ -248,6 +248,24 @@ def test_a_centred_path_scores_columns_of_few_entries():
     assert np.all(np.isfinite(path["test_scores"])) and path["best_alpha"] > 0
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_sparse_centred_paths_score_every_penalty(seed):
+    # Random small completions with few entries a row and column (each observed
+    # at least once), centred, two or three folds: the deals that hid whole
+    # columns and gave NaN scores in 13 of 120 such runs.
+    rng = np.random.default_rng(seed)
+    m, n = rng.integers(8, 40, size=2)
+    X = rng.normal(size=(m, 2)) @ rng.normal(size=(2, n)) + 0.3 * rng.normal(size=(m, n))
+    W = (rng.uniform(size=(m, n)) < 0.15).astype(float)
+    W[rng.integers(m, size=n), np.arange(n)] = 1.0
+    X = np.where(W > 0, X, np.nan)
+    model = make_pipeline(StandardScaler(with_std=False), WeightedTruncatedSVD(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        path = alpha_path(model, X, W, n_folds=int(rng.integers(2, 4)), select_rank=True)
+    assert np.all(np.isfinite(path["test_scores"]))
+
+
 def test_the_path_cross_validates_over_entries_warm_as_cold():
     X, W, _ = noisy_completion(seed=1)
     alphas = [20.0, 8.0]  # the optimum's rank (1, 5) stays below k: convex, one optimum
