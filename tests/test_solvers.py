@@ -11,7 +11,7 @@ from conftest import DEVICES, low_rank_plus_noise, tail_energy, weighted_objecti
 from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_wsvd import WeightedTruncatedSVD
-from sklearn_wsvd._solvers import _common, closed_form, ncg, solve
+from sklearn_wsvd._solvers import _common, closed_form, complete_rank, ncg, solve
 
 ITERATIVE = ["ncg", "als", "als-cg", "em", "adam"]
 ALL = ["svd", "fwsvd", "rank1", *ITERATIVE]
@@ -520,8 +520,6 @@ def test_degenerate_starting_points_are_completed(rng, solver):
 
 
 def test_complete_rank_keeps_full_rank_starts_and_the_product_of_deficient_ones(rng):
-    from sklearn_wsvd._solvers import complete_rank
-
     X = torch.tensor(rng.normal(size=(20, 15)))
     W = torch.tensor(rng.uniform(size=X.shape))
     A, B = torch.tensor(rng.normal(size=(20, 3))), torch.tensor(rng.normal(size=(3, 15)))
@@ -540,8 +538,6 @@ def test_complete_rank_under_a_ridge_adds_only_the_directions_that_lower_the_obj
     # A warm start along a path of penalties: the ridge zeroed some components.
     # Under uniform weights the directions that lower the objective are the
     # singular pairs of the residual above alpha; the others stay zero.
-    from sklearn_wsvd._solvers import complete_rank
-
     X = torch.as_tensor(rng.normal(size=(30, 20)))
     W = torch.ones_like(X)
     U, s, Vt = torch.linalg.svd(X, full_matrices=False)
@@ -821,8 +817,6 @@ def test_components_that_vanished_in_combination_leave_room_for_a_revival(rng):
     A3, B3 = _common.revive(X, W, A2, B2, alpha, f, tol=0.0, rank=8)
     torch.testing.assert_close(A3 @ B3, (U[:, :5] * (s[:5] - alpha)) @ Vt[:5], rtol=0, atol=1e-10)
     # a warm start merges them before it revives
-    from sklearn_wsvd._solvers import complete_rank
-
     A4, B4 = complete_rank(X, W, A, B, alpha)
     torch.testing.assert_close(A4 @ B4, A3 @ B3, rtol=0, atol=1e-10)
     # and a solver that stalls there merges them and revives: the optimum
