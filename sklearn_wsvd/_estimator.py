@@ -399,12 +399,13 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 f"(n_samples = {m}, n_features = {n})."
             )
 
-    def _solve(self, Y, W, init, *, start=None, stacklevel=2):
+    def _solve(self, Y, W, init, *, start=None, stacklevel=2, **options):
         """Solve the prepared problem (validated, whitened, dense ``W``) from ``init``; warn.
 
         The fit's core, without the validation and the conversions around it:
         what :func:`~sklearn_wsvd.model_selection.alpha_path` runs at each
-        penalty of a path, on data it has validated once. Returns the solver's
+        penalty of a path, on data it has validated once. ``options`` go to the
+        solver (:func:`~sklearn_wsvd._solvers.solve`). Returns the solver's
         :class:`~sklearn_wsvd._solvers.Factors`.
         """
         self.solver_ = resolve_solver(self.solver, W, self.alpha)
@@ -425,6 +426,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             verbose=self.verbose,
             svd_solver=self.svd_solver,
             start=start,
+            **options,
         )
         self._warn_about_the_solve(W, factors, stacklevel + 1)
         return factors
@@ -432,8 +434,8 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     def _warn_about_the_solve(self, W, factors, stacklevel):
         if not factors.converged:
             warnings.warn(
-                f"Solver {self.solver_!r} reached max_iter={factors.n_iter} before the "
-                f"relative improvement fell below tol={self.tol}. Increase max_iter or tol.",
+                f"Solver {self.solver_!r} reached max_iter={factors.n_iter} before its "
+                f"objective settled to tol={self.tol}. Increase max_iter or tol.",
                 ConvergenceWarning,
                 stacklevel=stacklevel,
             )

@@ -1,6 +1,7 @@
 """Solvers reach the known optima, decrease their objective, and keep the best point."""
 
 import importlib
+import math
 import os
 import warnings
 
@@ -854,3 +855,36 @@ def test_steps_see_the_live_components_and_the_fit_has_every_column(rng, monkeyp
     assert set(seen) == {8} and fit.A.shape == (40, 8) and fit.B.shape == (8, 30)
     zero = (fit.A.abs().amax(0) == 0) & (fit.B.abs().amax(1) == 0)
     assert int(zero.sum()) >= 8 - widths[0]
+
+
+def test_remaining_decrease_of_a_geometric_history_is_exact():
+    # f_t = 5 + 3 r^t falls by 3 r^T more after f_T, whatever the window.
+    from sklearn_wsvd._solvers._common import remaining_decrease
+
+    r = 0.9
+    history = [5.0 + 3.0 * r**t for t in range(40)]
+    assert remaining_decrease(history) == pytest.approx(3.0 * r**39, rel=1e-9)
+    assert remaining_decrease(history, window=1) == pytest.approx(3.0 * r**39, rel=1e-9)
+    assert remaining_decrease(history[:6]) == pytest.approx(3.0 * r**5, rel=1e-9)  # window 2
+    assert remaining_decrease(history[:2]) == 0.0  # one step: nothing to tell the trend from
+    assert remaining_decrease([3.0, 2.0, 1.0, 1.0, 1.0]) == 0.0  # the last two lowered nothing
+    assert remaining_decrease([3.0, 2.9, 2.8, 2.6, 2.2]) == math.inf  # falling faster
+
+
+@pytest.mark.parametrize("solver", ["ncg", "als-cg"])
+def test_a_slow_fit_runs_until_the_trend_says_it_is_done(solver):
+    # A random matrix under squared-normal weights converges linearly, slowly:
+    # ncg's last step at the default tol=1e-5 was that small 0.074% above the
+    # optimum (80 iterations of 500 in all), when one step's decrease ended it.
+    rng = np.random.default_rng(0)
+    X, W = rng.normal(size=(96, 96)), rng.normal(size=(96, 96)) ** 2
+
+    def fit(**params):
+        est = WeightedTruncatedSVD(24, solver=solver, dtype="float64", random_state=0, **params)
+        return est.fit(X, sample_weight=W)
+
+    est = fit(max_iter=5000)
+    best = fit(tol=1e-12, max_iter=20000).reconstruction_err_ ** 2
+    assert est.reconstruction_err_**2 <= (1 + 1e-4) * best
+    history = est.history_["objective"]
+    assert history[-2] - history[-1] <= 1e-5 * history[-1]  # its last step was small too

@@ -36,7 +36,7 @@ INITS = ("svd", "fwsvd", "rank1", "random")
 # there it already costs less than LAPACK's for ranks well below a quarter of the
 # side, and the solvers refine the start anyway.
 RANDOMIZED_START_MIN_SIDE = 100
-DEFAULT_MAX_ITER = {"als": 100, "als-cg": 200, "ncg": 500, "em": 500, "adam": 300}
+DEFAULT_MAX_ITER = {"als": 100, "als-cg": 200, "ncg": 2000, "em": 500, "adam": 300}
 # Options for a start given as factors, a fit to refine (a warm start along a path
 # of penalties, say): ncg's alternating sweeps fit each row under its own weights
 # from a closed form, which such a start has done already.
