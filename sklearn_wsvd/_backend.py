@@ -57,7 +57,10 @@ def to_tensor(x, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Copy ``x`` (numpy array or tensor) to a fresh tensor: the caller's data is never aliased."""
     if is_tensor(x):
         return x.detach().to(device=device, dtype=dtype, copy=True)
-    return torch.tensor(np.asarray(x), device=device, dtype=dtype)
+    x = np.asarray(x)
+    # torch takes neither negative strides (np.flip, x[::-1]) nor a foreign byte order
+    x = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("="))
+    return torch.tensor(x, device=device, dtype=dtype)
 
 
 def to_numpy(t: torch.Tensor, dtype=None) -> np.ndarray:

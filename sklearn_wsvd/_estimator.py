@@ -42,6 +42,7 @@ from ._solvers import (
     weighted_row_solve,
     weights_in_range,
 )
+from ._validation import check_rank
 from ._whitening import check_metric, left, metric_root, right
 
 
@@ -174,7 +175,8 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
 
     callback : callable or None, default=None
         Called as ``callback(n_iter, A, B, objective)`` after each iteration of an
-        iterative solver, with the current factors as tensors; returning True
+        iterative solver, with the current factors as tensors (the solver's
+        own: read or copy them, never modify them in place); returning True
         stops the solver.
 
     Attributes
@@ -356,6 +358,9 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 f"X whitened by the metrics overflows dtype={self.dtype!r}; pass "
                 "dtype='float64' or rescale X or the metrics."
             )
+        if W is not None and (R is not None or C is not None):
+            counted = _dense_weights(W, Y) > 0  # whitened errors of zero weight count nothing
+            Y = Y if counted.all() else torch.where(counted, Y, 0.0)
         W = _dense_weights(W, Y)
         init = self._check_init(m, n, X)
         if isinstance(init, tuple):
@@ -397,7 +402,7 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         return output_like(Z, X_in)
 
     def _check_rank(self, m, n):
-        k = self.n_components
+        k = check_rank(self.n_components, "n_components")  # True is an int, not a rank
         if k > min(m, n):
             raise ValueError(
                 f"n_components={k} must be <= min(n_samples, n_features) = {min(m, n)} "
@@ -477,8 +482,10 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         ``X @ components_.T`` (row weights do not change a row's projection), or
         with ``feature_metric`` the projection in that metric. With element-wise
         weights each row is the weighted least-squares fit of the components to
-        that row, so entries of zero weight (NaN allowed) are ignored; with a
-        ``sample_metric`` as well, the rows are fitted jointly, as in :meth:`fit`.
+        that row, so entries of zero weight (NaN allowed) are ignored, except
+        under a metric, which mixes every entry into the whitened ones that
+        weigh (none may be NaN); with a ``sample_metric`` as well, the rows are
+        fitted jointly, as in :meth:`fit`.
 
         Parameters
         ----------
@@ -668,7 +675,8 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     def _validate_input(self, X, sample_weight, sample_metric=None, *, reset, zero_weight_ok=False):
         """Return the user's (validated) X, X as a finite tensor, and the weights tensor.
 
-        Missing entries (NaN where the weight is zero) are filled with zero. The
+        Missing entries (NaN where the weight is zero) are filled with zero (there
+        are none under a metric, which keeps every value: it mixes them). The
         weights tensor is None (uniform), 1-D (rows) or 2-D (entries); without
         ``sample_weight``, NaN entries are missing and the others weigh one. With a
         metric every entry enters the error, so none may be missing. Weights that
@@ -725,8 +733,10 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 "can be missing."
             )
         _check_missing_entries(missing, observed)
-        # Entries of zero weight never influence the result, whatever they hold.
-        X = torch.where(observed, X, 0.0)
+        if self.feature_metric is None and sample_metric is None:
+            # Entries of zero weight never influence the result, whatever they hold (a
+            # metric mixes them into the entries of the error that weigh: they stay).
+            X = torch.where(observed, X, 0.0)
         return X_in, X, W
 
     def _check_init(self, m, n, X):
@@ -746,7 +756,10 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 f"{tuple(A.shape)} and {tuple(B.shape)}."
             )
         if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
-            raise ValueError("init=(A0, B0) contains NaN or infinite values.")
+            raise ValueError(
+                "init=(A0, B0) contains NaN or infinite values (or values beyond the "
+                f"range of dtype={self.dtype!r})."
+            )
         return A, B
 
     @property

@@ -136,10 +136,11 @@ class HiddenEntryScorer:
         return np.where(hide, 0.0, W), np.where(hide, W, 0.0)
 
     def __call__(self, estimator, X, y=None, sample_weight=None) -> float:
-        X = check_array(X, ensure_all_finite="allow-nan", dtype=np.float64)
+        _check_no_metric(estimator, type(self).__name__)
+        X_in, X = X, check_array(X, ensure_all_finite="allow-nan", dtype=np.float64)
         kept, hidden = self.split(X, sample_weight)
         # Hidden entries become NaN of zero weight: nothing of them can reach the model.
-        X_hat = _fold_in(estimator, np.where(kept > 0, X, np.nan), kept)
+        X_hat = _fold_in(estimator, _like(np.where(kept > 0, X, np.nan), X_in), kept)
         if isinstance(estimator, Pipeline):  # a step's NaN mean reaches the hidden entries too
             _check_mapped((hidden > 0) & ~np.isfinite(X_hat))
         error = hidden * np.square(np.where(hidden > 0, X - X_hat, 0.0))
@@ -160,6 +161,26 @@ def _fold_in(estimator, X, W):
         _check_mapped((W > 0) & np.isfinite(X) & ~np.isfinite(Xt))
         return head.inverse_transform(last.inverse_transform(last.transform(Xt, sample_weight=W)))
     return estimator.inverse_transform(estimator.transform(X, sample_weight=W))
+
+
+def _like(values, X):
+    """``values`` as a pandas DataFrame with the columns of ``X`` where ``X`` is one.
+
+    So that an estimator fitted with feature names is given them (and does not warn).
+    """
+    if type(X).__module__.startswith("pandas") and hasattr(X, "columns"):
+        return type(X)(values, columns=X.columns, index=X.index)
+    return values
+
+
+def _check_no_metric(estimator, name):
+    """Raise where the estimator has a feature metric: it cannot leave an entry out."""
+    if getattr(_last_step(estimator), "feature_metric", None) is not None:
+        raise ValueError(
+            f"{name} hides observed entries as missing ones, which an estimator with a "
+            "feature_metric cannot have: the metric mixes every entry into the error. "
+            "Cross-validate it over rows (GridSearchCV with its default scoring) instead."
+        )
 
 
 def _check_mapped(lost):
@@ -325,7 +346,7 @@ def alpha_path(
     (3, 3)
     """
     start = time.perf_counter()
-    X = check_array(X, ensure_all_finite="allow-nan", dtype=np.float64)
+    X_in, X = X, check_array(X, ensure_all_finite="allow-nan", dtype=np.float64)
     W = _dense(X, sample_weight)
     check_scalar(n_folds, "n_folds", Integral, min_val=2)
     for name, value in {"max_folds": max_folds, "patience": patience}.items():
@@ -350,6 +371,7 @@ def alpha_path(
             "alpha_path needs a WeightedTruncatedSVD or a Pipeline ending with one, got "
             f"{type(_last_step(estimator)).__name__}."
         )
+    _check_no_metric(estimator, "alpha_path")
     prefix = f"{estimator.steps[-1][0]}__" if isinstance(estimator, Pipeline) else ""
     if alphas is None:  # alpha_max of the data as the last step sees it (centred, say)
         Xt = clone(estimator[:-1]).fit_transform(X) if prefix else X
@@ -390,7 +412,7 @@ def alpha_path(
         if best_fit is not None:  # balanced, as the ridge's optimum is
             U, V = best_fit
             model.set_params(**{init: pad_components(*balance(U, V.T), rank)})
-        model.fit(X, **{f"{prefix}sample_weight": W})
+        model.fit(X_in, **{f"{prefix}sample_weight": W})  # the user's: its feature names
         model.set_params(**{init: estimator.get_params()[init]})
     path["seconds"] = time.perf_counter() - start
     return path

@@ -558,6 +558,31 @@ def test_alpha_path_names_an_estimator_it_cannot_path():
             alpha_path(model, X, W)
 
 
+def test_hiding_entries_names_an_estimator_with_a_feature_metric():
+    # A metric mixes every entry into the error: none can be hidden as missing.
+    X, _, _ = noisy_completion(m=30, n=8)
+    X = np.nan_to_num(X)
+    model = WeightedTruncatedSVD(2, feature_metric=np.ones(8))
+    with pytest.raises(ValueError, match="alpha_path hides observed entries"):
+        alpha_path(model, X)
+    with pytest.raises(ValueError, match="HiddenEntryScorer hides observed entries"):
+        HiddenEntryScorer()(clone(model).fit(X), X)
+
+
+def test_feature_names_reach_the_scored_and_the_refitted_models():
+    pd = pytest.importorskip("pandas")
+    X, W, _ = noisy_completion(m=30, n=8)
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(8)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "X does not have valid feature names"
+        GridSearchCV(
+            WeightedTruncatedSVD(2), {"alpha": [0.5, 2.0]}, scoring=HiddenEntryScorer(), cv=3
+        ).fit(frame)
+        model = alpha_path(WeightedTruncatedSVD(2), frame, n_alphas=3, refit=True)["estimator"]
+        model.transform(frame)
+    assert list(model.feature_names_in_) == list(frame.columns)
+
+
 def test_the_scorer_names_bad_weights_and_scores_rows_left_with_nothing():
     X, W, _ = noisy_completion(m=30, n=8)
     est = WeightedTruncatedSVD(3, alpha=1.0, random_state=0).fit(X, sample_weight=W)

@@ -244,6 +244,7 @@ def bad_inputs(X, W):
         (X, W[:7, 0], {}, ValueError, r"sample_weight has shape \(7,\)"),
         (X, np.zeros_like(W), {}, ValueError, "sample_weight is zero everywhere"),
         (X, W, {"n_components": 0}, ValueError, "'n_components' parameter"),
+        (X, W, {"n_components": True}, ValueError, "n_components must be a positive integer"),
         (X, W, {"n_components": 13}, ValueError, r"n_components=13 must be <= min\(n_samples"),
         (X[:0], None, {}, ValueError, "0 sample"),
         (X[:, 0], None, {}, ValueError, "Expected 2D array"),
@@ -264,7 +265,7 @@ def bad_inputs(X, W):
     ]
 
 
-@pytest.mark.parametrize("case", range(27))
+@pytest.mark.parametrize("case", range(28))
 def test_bad_input_raises_a_clear_error(data, case):
     X, W = data
     X_in, W_in, params, exc, match = bad_inputs(X, W)[case]
@@ -274,6 +275,20 @@ def test_bad_input_raises_a_clear_error(data, case):
     for before, after in zip(copies, (X_in, W_in), strict=True):
         if isinstance(before, np.ndarray):
             np.testing.assert_array_equal(before, after)
+
+
+def test_arrays_of_any_strides_and_byte_order_give_the_same_fit(data):
+    # np.flip and x[::-1] give negative strides, which torch does not take as they are.
+    X, W = data
+    est = WeightedTruncatedSVD(3, solver="ncg", random_state=0)
+    expected = est.fit(X[::-1].copy(), sample_weight=W[::-1].copy()).transform(X[::-1].copy())
+    got = clone(est).fit(X[::-1], sample_weight=W[::-1]).transform(X[::-1])
+    np.testing.assert_array_equal(got, expected)
+    swapped = X.astype(X.dtype.newbyteorder())  # big-endian on this machine
+    np.testing.assert_array_equal(
+        clone(est).fit(np.flip(swapped, 1), sample_weight=np.flip(W, 1)).components_,
+        clone(est).fit(np.flip(X, 1).copy(), sample_weight=np.flip(W, 1).copy()).components_,
+    )
 
 
 def test_nan_without_weights_is_missing(data):

@@ -256,6 +256,36 @@ def test_missing_entries_are_refused_with_a_metric(rng):
         WeightedTruncatedSVD(2, feature_metric=np.eye(8)).fit(X, sample_weight=W)
 
 
+@pytest.mark.parametrize("metric", ["feature", "sample"])
+def test_an_entry_of_zero_weight_counts_under_a_metric(problem, rng, metric):
+    # A metric mixes the entries: one of zero weight enters the whitened errors that
+    # weigh, with its value, and the fit minimises the stated objective with it.
+    X, C, R = problem
+    W = rng.uniform(0.5, 1.0, size=X.shape)
+    W[0, 0] = 0.0
+    X_far = X.copy()
+    X_far[0, 0] = 50.0
+    kw = {"feature_metric": C} if metric == "feature" else {"sample_metric": R}
+    est, L = fit(X_far, 3, sample_weight=W, tol=1e-10, **kw)
+    stated = metric_error(X_far, L, W=W, **({"C": C} if metric == "feature" else {"R": R}))
+    assert est.reconstruction_err_**2 == pytest.approx(stated, rel=1e-8)
+    _, L_near = fit(X, 3, sample_weight=W, tol=1e-10, **kw)
+    assert np.abs(L - L_near).max() > 1.0
+
+
+def test_an_entry_of_zero_weight_never_counts_under_a_diagonal_metric(problem, rng):
+    # A diagonal metric scales columns: it mixes nothing, and the entry is ignored.
+    X, _, _ = problem
+    W = rng.uniform(0.5, 1.0, size=X.shape)
+    W[0, 0] = 0.0
+    X_far = X.copy()
+    X_far[0, 0] = 50.0
+    c = rng.uniform(0.5, 2.0, size=X.shape[1])
+    _, L = fit(X_far, 3, sample_weight=W, feature_metric=c, random_state=0)
+    _, L_near = fit(X, 3, sample_weight=W, feature_metric=c, random_state=0)
+    np.testing.assert_allclose(L, L_near, atol=1e-12)
+
+
 def test_metric_root_cholesky_factor_and_inverse():
     from sklearn_wsvd._whitening import metric_root
 
