@@ -802,6 +802,8 @@ def _float_dtype(t):
 
 
 def _check_tensor_X(X):
+    if X.is_meta:
+        raise ValueError("X is a tensor on the 'meta' device, which holds no data.")
     if X.ndim != 2:
         raise ValueError(f"Expected a 2D tensor, got a {X.ndim}D tensor of shape {tuple(X.shape)}.")
     if X.shape[0] < 1 or X.shape[1] < 1:

@@ -33,7 +33,14 @@ from sklearn.utils.metadata_routing import MetadataRequest
 
 from ._backend import to_numpy, to_tensor
 from ._estimator import WeightedTruncatedSVD, _check_missing_entries, _check_sample_weight
-from ._solvers import balance, live_components, pad_components, product_svd, resolve_solver
+from ._solvers import (
+    CLOSED_FORM,
+    balance,
+    live_components,
+    pad_components,
+    product_svd,
+    resolve_solver,
+)
 
 __all__ = ["HiddenEntryScorer", "alpha_path"]
 
@@ -372,6 +379,11 @@ def alpha_path(
             f"{type(_last_step(estimator)).__name__}."
         )
     _check_no_metric(estimator, "alpha_path")
+    if (solver := _last_step(estimator).solver) in CLOSED_FORM:
+        raise ValueError(
+            f"alpha_path hides entries by their weights, which solver={solver!r} does not "
+            "fit exactly (it ignores or simplifies them): use an iterative solver or 'auto'."
+        )
     prefix = f"{estimator.steps[-1][0]}__" if isinstance(estimator, Pipeline) else ""
     if alphas is None:  # alpha_max of the data as the last step sees it (centred, say)
         Xt = clone(estimator[:-1]).fit_transform(X) if prefix else X

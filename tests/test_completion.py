@@ -569,6 +569,13 @@ def test_hiding_entries_names_an_estimator_with_a_feature_metric():
         HiddenEntryScorer()(clone(model).fit(X), X)
 
 
+@pytest.mark.parametrize("solver", ["svd", "fwsvd", "rank1"])
+def test_the_path_names_a_closed_form_that_cannot_hide_entries(solver):
+    X, W, _ = noisy_completion(m=30, n=8)
+    with pytest.raises(ValueError, match=f"solver='{solver}' does not fit exactly"):
+        alpha_path(WeightedTruncatedSVD(2, solver=solver), X, W)
+
+
 def test_feature_names_reach_the_scored_and_the_refitted_models():
     pd = pytest.importorskip("pandas")
     X, W, _ = noisy_completion(m=30, n=8)

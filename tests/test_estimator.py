@@ -255,6 +255,7 @@ def bad_inputs(X, W):
         (X, W, {"dtype": "float16"}, ValueError, "'dtype' parameter"),
         (X, W, {"device": "tpu"}, ValueError, "not a valid torch device"),
         (torch.zeros(3), None, {}, ValueError, "Expected a 2D tensor"),
+        (torch.zeros(3, 2, device="meta"), None, {}, ValueError, "'meta' device, which holds"),
         (torch.zeros(3, 2, dtype=torch.complex64), None, {}, TypeError, "real numbers"),
         # finite in float64, beyond float32's range: named, not an overflow deep in a solve
         (X * 1e39, None, {}, ValueError, "X has entries beyond the range of dtype='float32'"),
@@ -265,7 +266,7 @@ def bad_inputs(X, W):
     ]
 
 
-@pytest.mark.parametrize("case", range(28))
+@pytest.mark.parametrize("case", range(29))
 def test_bad_input_raises_a_clear_error(data, case):
     X, W = data
     X_in, W_in, params, exc, match = bad_inputs(X, W)[case]
