@@ -378,6 +378,21 @@ def test_rows_of_zero_weight_transform_to_zero_alone_or_in_a_batch(data):
         est.score(X[:1], sample_weight=zero)
 
 
+@pytest.mark.parametrize("solver", ["ncg", "als-cg", "em"])
+def test_a_float64_objective_beyond_its_range_stops_where_it_would(data, solver):
+    # At 1e160 the objective (~1e320) overflows float64 in the caller's units, in
+    # which the history is reported: the stopping rule reads the solver's own.
+    X, W = data
+    ref, est = (
+        WeightedTruncatedSVD(3, solver=solver, dtype="float64", random_state=0).fit(
+            X * s, sample_weight=W
+        )
+        for s in (1.0, 1e160)
+    )
+    assert est.n_iter_ == ref.n_iter_
+    np.testing.assert_allclose(est.singular_values_ / 1e160, ref.singular_values_, rtol=1e-10)
+
+
 @pytest.mark.parametrize("solver", ["ncg", "als-cg", "rank1"])
 @pytest.mark.parametrize("scale", [2.0**-60, 1e-25, 1e25, 1e36])
 @pytest.mark.parametrize("alpha", [0.0, 0.5])
