@@ -16,14 +16,14 @@ the RMSE on the hidden entries.
   picking; then at rank k alone, with all five folds (``max_folds=None``), and
   with the rank chosen instead by one path per rank among those the peers'
   oracles choose from (5, 10, 20 and k). The paths' fits stop at alpha_path's
-  default ``tol=1e-4`` and the final fit, from the estimator's ``init``, at the
+  default ``tol=3e-4`` and the final fit, from the estimator's ``init``, at the
   estimator's default ``tol=1e-5``; one row runs the first's paths at ``1e-5``
   too (``tol=None``). The selection time is reported apart from the time of the
   final fit. For the first row, the iterations of ``refit=True``'s fit (which
   starts from the path's fit) are recorded against the final fit's. Then the
   same choice (at rank k) made by scikit-learn's ``GridSearchCV`` (row folds,
   ``HiddenEntryScorer``, centring and the same 16 penalties in the grid, its
-  fits at ``tol=1e-4`` as the paths'), whose selection is timed once.
+  fits at ``tol=3e-4`` as the paths'), whose selection is timed once.
 - fancyimpute 0.7.0 ``SoftImpute`` (nuclear-norm shrinkage, its default
   ``max singular value / 50``) and ``IterativeSVD``; wpca 0.1 ``WPCA`` and
   ``EMPCA``, which centre the columns: all in a virtual environment of their own
@@ -249,7 +249,7 @@ def ours(X, observed, k, repeats):
     with sklearn.config_context(enable_metadata_routing=True):
         pipe = make_pipeline(
             StandardScaler(with_std=False).set_fit_request(sample_weight=False),
-            WeightedTruncatedSVD(k, tol=1e-4, device="cpu", random_state=0).set_fit_request(
+            WeightedTruncatedSVD(k, tol=3e-4, device="cpu", random_state=0).set_fit_request(
                 sample_weight=True
             ),
         )

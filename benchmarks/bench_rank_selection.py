@@ -11,7 +11,7 @@ data standardised, a rank-20 matrix plus unit noise (400 x 400, k = 40), two
 300 x 200 matrices of full rank whose singular values fall as ``i**-1`` and
 ``i**-0.5`` (k = 40), the digits at k = 40 and the flower photograph at k = 80
 (the benchmark's cases use 20 and 40); each with 30% and 70% of the entries
-hidden at random. The paths' fits stop at alpha_path's default ``tol=1e-4``,
+hidden at random. The paths' fits stop at alpha_path's default ``tol=3e-4``,
 the final fits at the estimator's default ``1e-5``; times are warm medians of
 ``--repeats`` runs.
 
@@ -22,6 +22,14 @@ best chooses the penalty, rank and centring that the full path (``patience=None`
 chooses, with and without ``select_rank``, and whether each full path's score
 falls at every penalty past its best.
 
+And it compares settings of the paths' fits on the same 22 completions, with
+``select_rank=True``: their ``tol`` (1e-4, 3e-4: the default, and 1e-3), and
+whether a fit that stalls looks for components to revive before it stops (as
+the estimator's own fits do; alpha_path's leave that to the next penalty's
+start), each the recipe's choice of penalty, rank and centring, its hidden-entry
+RMSE and its selection time (warm, median of ``--repeats``, the settings
+alternating within each case).
+
     python benchmarks/bench_rank_selection.py
 
 Writes results/rank_selection.json and results/rank_selection.md.
@@ -30,8 +38,10 @@ Writes results/rank_selection.json and results/rank_selection.md.
 from __future__ import annotations
 
 import argparse
+import time
 import warnings
 from functools import partial
+from unittest import mock
 
 import numpy as np
 from _common import RESULTS, write_json
@@ -39,7 +49,7 @@ from bench_completion import _complete, _model, cases, rmse, timed
 from sklearn.datasets import load_breast_cancer, load_digits, load_sample_image, load_wine
 from sklearn.preprocessing import StandardScaler
 
-from sklearn_wsvd import alpha_path
+from sklearn_wsvd import WeightedTruncatedSVD, alpha_path
 
 
 def matrices():
@@ -78,12 +88,12 @@ def completions():
     return out
 
 
-def choose(X_missing, W, k, select_rank, patience=2, paths=None):
+def choose(X_missing, W, k, select_rank, patience=2, paths=None, **options):
     """(centred, rank, alpha) chosen; ``paths`` (a dict) receives the two paths."""
     paths = {} if paths is None else paths
     for c in (False, True):
         paths[c] = alpha_path(
-            _model(k, c), X_missing, W, select_rank=select_rank, patience=patience
+            _model(k, c), X_missing, W, select_rank=select_rank, patience=patience, **options
         )
     centred = max(paths, key=lambda c: paths[c]["best_score"])
     return centred, paths[centred]["best_rank"], paths[centred]["best_alpha"]
@@ -110,6 +120,82 @@ def patience_check():
         rows.append(row)
         print(row, flush=True)
     return rows
+
+
+# (tol of the paths' fits, whether a fit that stalls looks for components to revive)
+SETTINGS = {
+    "tol=1e-4": (1e-4, False),
+    "tol=3e-4 (default)": (3e-4, False),
+    "tol=1e-3": (1e-3, False),
+    "tol=3e-4, revival at the stall": (3e-4, True),
+}
+
+
+def stall_revival(on):
+    """The paths' fits revive components at a stall (``on``), as the estimator's do."""
+    if not on:
+        return mock.patch.object(WeightedTruncatedSVD, "_solve", WeightedTruncatedSVD._solve)
+    solve = WeightedTruncatedSVD._solve
+
+    def _solve(self, *args, **options):
+        return solve(self, *args, **{**options, "revive_at_stall": True})
+
+    return mock.patch.object(WeightedTruncatedSVD, "_solve", _solve)
+
+
+def settings_check(repeats):
+    """Choices, errors and selection times of the paths' settings on all 22 completions."""
+    rows = []
+    for label, X, observed, k in completions() + cases():
+        X_missing, W = np.where(observed, X, np.nan), observed.astype(float)
+        problem = X_missing, W, k, True  # select_rank
+        seconds, choices = {name: [] for name in SETTINGS}, {}
+        for _ in range(1 + repeats):  # warm, then alternating against drift of the machine
+            for name, (tol, revival) in SETTINGS.items():
+                start = time.perf_counter()
+                with stall_revival(revival):
+                    choices[name] = choose(*problem, tol=tol)
+                seconds[name].append(time.perf_counter() - start)
+        row = {"case": label}
+        for name, (centred, rank, alpha) in choices.items():
+            L = _complete(_model(rank, centred, alpha), X_missing, W)
+            row[name] = {
+                "choice": [bool(centred), int(rank), float(alpha)],
+                "rmse": rmse(L, X, observed),
+                "selection_seconds": float(np.median(seconds[name][1:])),
+            }
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+def settings_lines(rows):
+    reference = "tol=1e-4"
+    lines = [
+        "",
+        f"Settings of the paths' fits on {len(rows)} completions (select_rank=True), against "
+        f"{reference}: the same choice of penalty, rank and centring; where not, the change of "
+        "the hidden-entry RMSE; the selection time:",
+        "",
+        "| setting | same choice | RMSE change where not (min, max) | time (median, min-max) |",
+        "|---|---|---|---|",
+    ]
+    for name in SETTINGS:
+        same = [row[name]["choice"] == row[reference]["choice"] for row in rows]
+        changes = [
+            row[name]["rmse"] / row[reference]["rmse"] - 1
+            for row, s in zip(rows, same, strict=True)
+            if not s
+        ]
+        ratios = [
+            row[name]["selection_seconds"] / row[reference]["selection_seconds"] for row in rows
+        ]
+        spread = f"{min(changes):+.2%}, {max(changes):+.2%}" if changes else "-"
+        lines.append(
+            f"| {name} | {sum(same)} of {len(rows)} | {spread} | {np.median(ratios):.2f}x "
+            f"({min(ratios):.2f}-{max(ratios):.2f}x) |"
+        )
+    return lines
 
 
 def main():
@@ -161,6 +247,8 @@ def main():
             key = f"patience {patience}, select_rank={select_rank}"
             same = sum(row[key] for row in results["patience"])
             lines.append(f"| {patience} | {select_rank} | {same} of {n} |")
+    results["settings"] = settings_check(args.repeats)
+    lines += settings_lines(results["settings"])
     write_json(RESULTS / "rank_selection.json", results)
     (RESULTS / "rank_selection.md").write_text("\n".join(lines) + "\n")
 

@@ -216,7 +216,7 @@ def alpha_path(
     patience: int | None = 2,
     select_rank: bool = False,
     refit: bool = False,
-    tol: float | None = 1e-4,
+    tol: float | None = 3e-4,
     random_state: int = 0,
 ) -> dict:
     """Cross-validated error of a completion along decreasing ridge penalties, over entries.
@@ -510,8 +510,10 @@ class _Fold:
             init = (self.X.new_zeros(m, k), self.X.new_zeros(k, n))
         elif init is None:
             init = model._check_init(m, n, self.X)
-        # No trend (see iterate): the path's fits only rank penalties and start each other.
-        factors = model._solve(self.X, self.W, init, stacklevel=5, trend=False)
+        # No trend and no revival at the stall (see iterate): the path's fits only rank
+        # penalties, and each one's start revives what the stall before would have.
+        options = {"trend": False, "revive_at_stall": False}
+        factors = model._solve(self.X, self.W, init, stacklevel=5, **options)
         return factors.A, factors.B
 
     def _buffers(self, k):

@@ -300,7 +300,7 @@ def test_the_path_never_lets_a_hidden_entry_reach_a_fit(monkeypatch):
     fold = _entry_folds(W, 4)
     assert len(calls) == 3 * 4 + 1
     # the path's fits to its own tol, the refit on every entry to the estimator's
-    assert [c[2] for c in calls] == [1e-4] * 12 + [est.tol] and est.tol == 1e-5
+    assert [c[2] for c in calls] == [3e-4] * 12 + [est.tol] and est.tol == 1e-5
     np.testing.assert_array_equal(calls.pop()[1], W)
     for n, (X_fit, W_fit, _) in enumerate(calls):
         hidden = fold == n % 4

@@ -11,7 +11,7 @@ import torch
 from conftest import DEVICES, low_rank_plus_noise, tail_energy, weighted_objective
 from sklearn.exceptions import ConvergenceWarning
 
-from sklearn_wsvd import WeightedTruncatedSVD
+from sklearn_wsvd import WeightedTruncatedSVD, _solvers
 from sklearn_wsvd._solvers import _common, closed_form, complete_rank, ncg, solve
 
 ITERATIVE = ["ncg", "als", "als-cg", "em", "adam"]
@@ -774,6 +774,30 @@ def test_a_revival_that_could_not_pass_its_tolerance_is_not_searched_for(rng, ma
     revived = _common.revive(X, W, A, B, alpha, f, tol=1e-4)
     assert (revived is None) == (fall <= 1e-4)
     assert counted == ([] if margin < 1 / 0.99 else [1])
+
+
+@pytest.mark.parametrize("solver", ["ncg", "als", "em"])
+def test_a_stall_revives_components_unless_told_not_to(rng, solver):
+    # Under uniform weights the nuclear-norm optimum keeps four components. From
+    # the top two, shrunk (optimal on their own), with room for six more, a run
+    # without revive_at_stall (alpha_path's fits) ends at its first stall with
+    # two; the default revives the other two there and reaches the optimum.
+    X = torch.as_tensor(rng.normal(size=(30, 20)))
+    W = torch.ones_like(X)
+    U, s, Vt = torch.linalg.svd(X, full_matrices=False)
+    alpha = float(s[3] + s[4]) / 2
+    A = torch.cat([U[:, :2] * (s[:2] - alpha), torch.zeros(30, 6, dtype=X.dtype)], dim=1)
+    B = torch.cat([Vt[:2], torch.zeros(6, 20, dtype=X.dtype)])
+    fits = {
+        revive: _solvers.ITERATIVE[solver](
+            X, W, A, B, alpha=alpha, max_iter=500, tol=1e-12, revive_at_stall=revive
+        )
+        for revive in (False, True)
+    }
+    optimum = (U * (s - alpha).clamp_min(0)) @ Vt
+    assert torch.linalg.matrix_rank(fits[False].A @ fits[False].B) == 2
+    assert fits[False].objective[-1] > fits[True].objective[-1]
+    torch.testing.assert_close(fits[True].A @ fits[True].B, optimum, rtol=0, atol=1e-5)
 
 
 def test_a_revival_keeps_the_live_components_and_fills_only_the_room_left(rng):

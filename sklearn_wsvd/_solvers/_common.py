@@ -189,6 +189,7 @@ def iterate(
     scale: float = 1.0,
     restart: Callable | None = None,
     trend: bool = True,
+    revive_at_stall: bool = True,
 ):
     """Run ``A, B = step(A, B, it)`` until the objective stalls; keep the best iterate.
 
@@ -223,7 +224,11 @@ def iterate(
     can still fall along new rank-one directions (:func:`revive`): components
     are revived there and the run goes on. ``restart(A, B)`` then tells the
     step to forget its state (momentum, previous directions); a solver without
-    it is never revived.
+    it is never revived. Without ``revive_at_stall`` the first stall ends the
+    run (:func:`~sklearn_wsvd._solvers.solve` still completes a start of too
+    low a rank, :func:`~sklearn_wsvd._solvers.complete_rank`): all a path of
+    decreasing penalties needs, each fit's start reviving the directions above
+    its own penalty, those the stall of the fit before would have found included.
     Such a solver's steps see only the live components (:func:`live_components`:
     the vanished ones would stay zero and cost as much as the others), the
     revivals add to them, and the factors returned (and ``callback``'s) have
@@ -278,7 +283,7 @@ def iterate(
                 stalled = remaining_decrease(values[since:]) <= tol * low + noise
             stalls = stalls + 1 if stalled else 0
             if stalls >= patience:
-                if restart is not None and revivals < k:
+                if restart is not None and revivals < k and revive_at_stall:
                     # Only a ridge makes components vanish; kept, the next fit starts from them.
                     merged = independent_components(A, B) if alpha else (A, B)
                     if merged[0].shape[1] < A.shape[1]:
