@@ -1,9 +1,9 @@
 """The completion recipe against SoftImpute on larger matrices than ``bench_completion.py``'s.
 
 ``bench_completion.py`` compares every library on matrices of at most 1797 x 64
-and 600 x 300 entries, where ours ties with SoftImpute in one case of eight
-(the photograph at 50% missing). This script asks whether that holds as the
-matrices grow: the recommended recipe of that benchmark (``alpha_path`` with
+and 600 x 300 entries, where ours comes closest to SoftImpute's time on the
+photographs at 50% missing. This script asks how that changes as the matrices
+grow: the recommended recipe of that benchmark (``alpha_path`` with
 ``select_rank=True`` for the plain and the column-centred model, the better
 cross-validated score picking, then the final fit at the estimator's
 defaults), timed in all, against fancyimpute's ``SoftImpute`` at its defaults

@@ -14,7 +14,7 @@ the work, for choices that differed little on the benchmark). With
 ``select_rank=True`` it chooses the rank as well, at most 20: each fit is also
 scored truncated to every lower rank, and a second path at the best of those
 settles it. A pipeline that centres the columns first is cross-validated the
-same way, and the better score decides. The path's fits stop at ``tol=1e-4``
+same way, and the better score decides. The path's fits stop at ``tol=3e-4``
 (they only have to rank the penalties); ``refit=True`` fits the chosen model to
 every observed pixel at the estimator's own ``tol``, starting from the path's
 fit.

@@ -7,8 +7,8 @@ prediction, and neither of which lets a hidden entry reach a fit:
   sees every row with one fold of its entries hidden, the way a completion sees
   its missing entries, along a warm-started path of decreasing penalties. The
   recommended way: on the completion benchmark it chose better than a grid
-  search over the same penalties in five cases of eight and worse in two, in 18
-  to 117 times less time; with ``select_rank=True`` it chooses the rank too.
+  search over the same penalties in five cases of eight and worse in two, in 20
+  to 120 times less time; with ``select_rank=True`` it chooses the rank too.
 - :class:`HiddenEntryScorer` works with scikit-learn's own searches
   (:class:`~sklearn.model_selection.GridSearchCV`, metadata routing), whose
   splitters split rows: it takes the rows of a test fold (which the model never
@@ -247,8 +247,10 @@ def alpha_path(
     takes those as they are and goes on from there.) A lower rank with a
     smaller penalty shrinks what it keeps less, which predicts better where the
     data are a low-rank matrix plus noise; on the completion benchmark it
-    lowered the error on the missing entries in five cases of eight, by up to
-    39%, and raised it in one, by 0.17%, for 1.3 to 1.6 times the time.
+    lowered the error on the missing entries in five cases of eight, by 0.40%
+    to 39%, and left it in three, for 1.2 to 1.6 times the time (on fourteen
+    other completions, ``benchmarks/bench_rank_selection.py``, lowered it in
+    eight, by up to 17%, and raised it in three, by 1.0% to 2.3%).
 
     Parameters
     ----------
@@ -285,37 +287,39 @@ def alpha_path(
         ``n_folds``-fold cross-validation). The default, one, holds out a
         ``1 / n_folds`` share of the entries once: on the eight problems of
         ``benchmarks/bench_completion.py`` it chose the penalty that five folds
-        chose in five and, in the other three, ones whose errors on the truly
-        missing entries were 0.3%, 0.4% and 0.3% higher, in 0.19 to 0.23 times
-        the time.
+        chose in seven and, in the other, one whose error on the truly missing
+        entries was 0.38% higher, in 0.21 to 0.27 times the time.
     patience : int or None, default=2
         Stop the path once the mean score has not improved on its best for this
         many penalties in a row (the error rises again as the penalty falls past
         its best); None computes every penalty. The fits past the best are the
         costliest of a path (the most components, the most iterations). On the
         22 completions of ``benchmarks/bench_completion.py`` and
-        ``benchmarks/bench_rank_selection.py`` stopping one, two or three
-        penalties past the best chose the penalty, rank and centring of the
-        full path in every case, and every full path's score fell at each
-        penalty past its best; two keeps a penalty of margin against a bump.
+        ``benchmarks/bench_rank_selection.py`` stopping two or three penalties
+        past the best chose the penalty, rank and centring of the full path in
+        every case, and one in all but one (with ``select_rank``); every full
+        path's score fell at each penalty past its best.
     select_rank : bool, default=False
         Choose the rank as well as the penalty (see above).
     refit : bool, default=False
         Also fit a clone of ``estimator`` with ``best_alpha`` and ``best_rank`` to
         every observed entry of ``X``, to the estimator's own ``tol``, returned
         as ``"estimator"``. The fit starts from the first fold's fit at that
-        penalty and rank, which is close to it (on the completion benchmark it
-        took 9% to 83% fewer iterations than from the estimator's ``init``,
-        errors -0.22% to +2.0% apart, the two starts ending at different fits
-        where the rank binds); the clone's ``init`` is the estimator's again
-        once it is fitted.
-    tol : float or None, default=1e-4
+        penalty and rank (on the completion benchmark it took 0.28 to 1.4 times
+        the iterations of a fit from the estimator's ``init``, errors -0.04% to
+        +0.22% apart); the clone's ``init`` is the estimator's again once it is
+        fitted.
+    tol : float or None, default=3e-4
         The ``tol`` of the path's fits; None uses the estimator's. Each stops
         at its first iteration that improves the objective by less than that,
         relative to it, without the estimator's wait for the trend of the
-        decreases: they only have to rank the penalties. On the completion
-        benchmark 1e-5 took 1.2 to 1.5 times as long and moved the errors of
-        the penalties chosen by -0.64% to +0.16%.
+        decreases and without its search at the stall for components to revive
+        (the next penalty's start revives them): they only have to rank the
+        penalties. On the 22 completions of ``benchmarks/bench_rank_selection.py``
+        (``select_rank=True``) 3e-4 chose what 1e-4 with that search chose in
+        17 and, in the other five, choices whose errors on the missing entries
+        were -1.13% to +0.01% apart, in a median 0.77 times the time; 1e-3
+        took 0.68 times and moved the errors by -0.64% to +0.69%.
     random_state : int, default=0
         Seed of the folds.
 
