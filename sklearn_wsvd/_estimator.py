@@ -116,10 +116,10 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         iterations) puts what remains within that too: these problems
         converge linearly, slowly where the rate is near one, and one small
         step can leave far more to go. On 25 problems
-        (``benchmarks/bench_convergence.py``) the default ended within 0.002%
+        (``benchmarks/bench_convergence.py``) the default ended within 0.0033%
         of the best objective known; a single small step ended 0.005% to 1.8%
-        above, in 0.19 to 0.90 times the time. ``tol=1e-4`` ended 0.006% to
-        1.05% above in a median 0.76 times the default's time.
+        above, in 0.20 to 1.03 times the time. ``tol=1e-4`` ended 0.006% to
+        1.05% above in a median 0.73 times the default's time.
 
     alpha : float, default=0.0
         Ridge penalty on both factors, the same as the nuclear-norm penalty
