@@ -147,7 +147,7 @@ class HiddenEntryScorer:
         X_in, X = X, check_array(X, ensure_all_finite="allow-nan", dtype=np.float64)
         kept, hidden = self.split(X, sample_weight)
         # Hidden entries become NaN of zero weight: nothing of them can reach the model.
-        X_hat = _fold_in(estimator, _like(np.where(kept > 0, X, np.nan), X_in), kept)
+        X_hat = np.asarray(_fold_in(estimator, _like(np.where(kept > 0, X, np.nan), X_in), kept))
         if isinstance(estimator, Pipeline):  # a step's NaN mean reaches the hidden entries too
             _check_mapped((hidden > 0) & ~np.isfinite(X_hat))
         error = hidden * np.square(np.where(hidden > 0, X - X_hat, 0.0))
@@ -165,7 +165,7 @@ def _fold_in(estimator, X, W):
     if isinstance(estimator, Pipeline):
         head, last = estimator[:-1], estimator[-1]
         Xt = head.transform(X)
-        _check_mapped((W > 0) & np.isfinite(X) & ~np.isfinite(Xt))
+        _check_mapped((W > 0) & np.isfinite(np.asarray(X)) & ~np.isfinite(np.asarray(Xt)))
         return head.inverse_transform(last.inverse_transform(last.transform(Xt, sample_weight=W)))
     return estimator.inverse_transform(estimator.transform(X, sample_weight=W))
 

@@ -576,18 +576,24 @@ def test_the_path_names_a_closed_form_that_cannot_hide_entries(solver):
         alpha_path(WeightedTruncatedSVD(2, solver=solver), X, W)
 
 
-def test_feature_names_reach_the_scored_and_the_refitted_models():
+@pytest.mark.parametrize("centred", [False, True])
+def test_feature_names_reach_the_scored_and_the_refitted_models(centred):
     pd = pytest.importorskip("pandas")
     X, W, _ = noisy_completion(m=30, n=8)
     frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(8)])
+    model = WeightedTruncatedSVD(2)
+    if centred:
+        model = make_pipeline(StandardScaler(with_std=False), model)
+    alpha = "weightedtruncatedsvd__alpha" if centred else "alpha"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "X does not have valid feature names"
-        GridSearchCV(
-            WeightedTruncatedSVD(2), {"alpha": [0.5, 2.0]}, scoring=HiddenEntryScorer(), cv=3
-        ).fit(frame)
-        model = alpha_path(WeightedTruncatedSVD(2), frame, n_alphas=3, refit=True)["estimator"]
-        model.transform(frame)
-    assert list(model.feature_names_in_) == list(frame.columns)
+        search = GridSearchCV(
+            model, {alpha: [0.5, 2.0]}, scoring=HiddenEntryScorer(), cv=3, error_score="raise"
+        )
+        search.fit(frame)
+        refitted = alpha_path(model, frame, n_alphas=3, refit=True)["estimator"]
+        refitted.transform(frame)
+    assert list(refitted.feature_names_in_) == list(frame.columns)
 
 
 def test_the_scorer_names_bad_weights_and_scores_rows_left_with_nothing():
