@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from contextlib import nullcontext
 from functools import partial
 from unittest import mock
 
@@ -136,7 +137,7 @@ SETTINGS = {
 def stall_revival(on):
     """The paths' fits revive components at a stall (``on``), as the estimator's do."""
     if not on:
-        return mock.patch.object(WeightedTruncatedSVD, "_solve", WeightedTruncatedSVD._solve)
+        return nullcontext()
     solve = WeightedTruncatedSVD._solve
 
     def _solve(self, *args, **options):

@@ -358,10 +358,11 @@ class WeightedTruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 f"X whitened by the metrics overflows dtype={self.dtype!r}; pass "
                 "dtype='float64' or rescale X or the metrics."
             )
-        if W is not None and (R is not None or C is not None):
-            counted = _dense_weights(W, Y) > 0  # whitened errors of zero weight count nothing
-            Y = Y if counted.all() else torch.where(counted, Y, 0.0)
+        weighted = W is not None
         W = _dense_weights(W, Y)
+        if weighted and (R is not None or C is not None):
+            counted = W > 0  # whitened errors of zero weight count for nothing
+            Y = Y if counted.all() else torch.where(counted, Y, 0.0)
         init = self._check_init(m, n, X)
         if isinstance(init, tuple):
             init = (left(R, init[0]), right(init[1], C))

@@ -241,8 +241,8 @@ def iterate(
     best = (f, A, B)
     eps = torch.finfo(X.dtype).eps
     total = energy(X, W)
-    history, seconds = [f * scale], [init_seconds]
-    values = [f]  # unscaled, for the trend: the caller's units can overflow (f * scale)
+    # The objectives in the solver's units (the trend's: the caller's can overflow).
+    values, seconds = [f], [init_seconds]
     start = time.perf_counter() - init_seconds
     converged = stopped = False
     it = stalls = revivals = 0
@@ -260,7 +260,6 @@ def iterate(
             out = step(A, B, it) if A.shape[1] else (A, B)
             A, B = out[0], out[1]
             f_prev, f = f, out[2] if len(out) == 3 else objective(X, W, A, B, alpha)
-            history.append(f * scale)
             values.append(f)
             seconds.append(time.perf_counter() - start)
             if verbose:
@@ -299,6 +298,7 @@ def iterate(
     rounding_limited = converged and noise > tol * low
     converged = converged or stopped or max_iter == 0
     A, B = pad_components(best[1], best[2], k)
+    history = [value * scale for value in values]  # in the caller's units
     return Factors(A, B, it, history, seconds, converged, rounding_limited)
 
 
